@@ -1,0 +1,110 @@
+"""Callbacks: the queue's records, their states and the rules for moving between them."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    DIALING = "dialing"
+    RETRY_WAIT = "retry_wait"
+    REACHED = "reached"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    UNREACHABLE = "unreachable"
+    SMS_SENT = "sms_sent"
+    SMS_DELIVERED = "sms_delivered"
+    SMS_FAILED = "sms_failed"
+    EVALUATED = "evaluated"
+
+    @property
+    def is_open(self) -> bool:
+        return self in OPEN_STATES
+
+
+OPEN_STATES = frozenset({State.PENDING, State.SCHEDULED, State.DIALING, State.RETRY_WAIT})
+#: states a worker or operator may claim from (when due)
+CLAIMABLE_STATES = (State.PENDING, State.SCHEDULED, State.RETRY_WAIT)
+
+
+class CloseOutcome(enum.StrEnum):
+    """What an operator reports after calling."""
+
+    REACHED = "reached"
+    NO_ANSWER = "no-answer"
+    BUSY = "busy"
+    WRONG_NUMBER = "wrong-number"
+    DECLINED = "declined"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (CloseOutcome.NO_ANSWER, CloseOutcome.BUSY)
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    id: int
+    kind: str
+    number: str
+    state: State
+    priority: int
+    failures: int
+    episode_start: datetime
+    triggered_at: datetime
+    last_failed_at: datetime
+    due_at: datetime
+    dial_attempts: int
+    claimed_by: str | None
+    lease_until: datetime | None
+    outcome: str | None
+    close_reason: str | None
+    closed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> Callback:
+        m = row._mapping
+        return cls(**{f: (State(m[f]) if f == "state" else m[f]) for f in cls.__slots__})  # type: ignore[attr-defined]
+
+    def as_json(self, *, show_number: bool = True) -> dict[str, Any]:
+        from .numbers import mask
+
+        out: dict[str, Any] = {}
+        for f in self.__slots__:  # type: ignore[attr-defined]
+            v = getattr(self, f)
+            if isinstance(v, datetime):
+                v = v.isoformat().replace("+00:00", "Z")
+            elif isinstance(v, enum.Enum):
+                v = v.value
+            out[f] = v
+        if not show_number:
+            out["number"] = mask(self.number)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    callback_id: int
+    at: datetime
+    actor: str
+    event: str
+    from_state: str | None
+    to_state: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Event:
+        m = row._mapping
+        return cls(
+            id=m["id"], callback_id=m["callback_id"], at=m["at"], actor=m["actor"], event=m["event"],
+            from_state=m["from_state"], to_state=m["to_state"],
+            detail=json.loads(m["detail"]) if m["detail"] else {},
+        )

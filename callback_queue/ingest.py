@@ -1,0 +1,327 @@
+"""Storing attempts and acting on what detection says, one transaction per batch.
+
+A batch's attempts, its dead letters and the source position that produced
+them commit together (DESIGN invariant 7), so a crash at any point leaves
+either all of a batch or none of it, and a re-read changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import schema as t
+from .attempts import Attempt, DeadLetter, Outcome
+from .callbacks import OPEN_STATES, State
+from .clock import Clock, utc_from_ts
+from .detection import AttemptView, Cancel, DetectRules, Grow, Open, OpenEpisode, detect
+from .store import Store
+
+_OPEN = tuple(s.value for s in OPEN_STATES)
+
+# Same merge rules as `merge_attempts` below; a higher rank (queue_log, AMI) is the
+# authority over CDR; at equal rank a call is connected if any visit connected.
+_UPSERT = """
+INSERT INTO attempts (system, call_id, number, caller, started_ts, ended_ts, outcome, reason,
+                      wait_seconds, queue, origin, rank)
+VALUES (:system, :call_id, :number, :caller, :started_ts, :ended_ts, :outcome, :reason,
+        :wait_seconds, :queue, :origin, :rank)
+ON CONFLICT (system, call_id) DO UPDATE SET
+  number = CASE WHEN excluded.rank > attempts.rank THEN COALESCE(excluded.number, attempts.number)
+                ELSE COALESCE(attempts.number, excluded.number) END,
+  caller = CASE WHEN excluded.rank > attempts.rank THEN COALESCE(excluded.caller, attempts.caller)
+                ELSE COALESCE(attempts.caller, excluded.caller) END,
+  started_ts = CASE WHEN excluded.rank > attempts.rank THEN excluded.started_ts
+                    WHEN excluded.rank < attempts.rank THEN attempts.started_ts
+                    WHEN excluded.started_ts < attempts.started_ts THEN excluded.started_ts
+                    ELSE attempts.started_ts END,
+  ended_ts = CASE WHEN excluded.rank > attempts.rank THEN excluded.ended_ts
+                  WHEN excluded.rank < attempts.rank THEN attempts.ended_ts
+                  WHEN attempts.ended_ts IS NULL OR excluded.ended_ts > attempts.ended_ts
+                       THEN excluded.ended_ts
+                  ELSE attempts.ended_ts END,
+  outcome = CASE WHEN excluded.rank > attempts.rank THEN excluded.outcome
+                 WHEN excluded.rank < attempts.rank THEN attempts.outcome
+                 WHEN excluded.outcome = 'connected' OR attempts.outcome = 'connected' THEN 'connected'
+                 ELSE 'failed' END,
+  reason = CASE WHEN {take} THEN excluded.reason ELSE attempts.reason END,
+  wait_seconds = CASE WHEN {take} THEN excluded.wait_seconds ELSE attempts.wait_seconds END,
+  queue = CASE WHEN {take} THEN excluded.queue ELSE attempts.queue END,
+  origin = CASE WHEN excluded.rank > attempts.rank THEN excluded.origin ELSE attempts.origin END,
+  rank = CASE WHEN excluded.rank > attempts.rank THEN excluded.rank ELSE attempts.rank END
+"""
+# "take the incoming visit's reason": it outranks, or it connected where the stored one did
+# not, or both failed and it ended later (the call's last word)
+_TAKE = """(excluded.rank > attempts.rank OR (excluded.rank = attempts.rank AND (
+  (excluded.outcome = 'connected' AND attempts.outcome <> 'connected') OR
+  (excluded.outcome = attempts.outcome AND excluded.outcome = 'failed'
+     AND COALESCE(excluded.ended_ts, 0) >= COALESCE(attempts.ended_ts, 0)))))"""
+UPSERT_ATTEMPT = sa.text(_UPSERT.format(take=_TAKE))
+
+
+def _row(a: Attempt) -> dict[str, Any]:
+    return {
+        "system": a.system, "call_id": a.call_id, "number": a.number,
+        "caller": a.caller[:80] if a.caller else a.caller, "started_ts": a.started_ts,
+        "ended_ts": a.ended_ts, "outcome": a.outcome.value, "reason": a.reason,
+        "wait_seconds": a.wait_seconds, "queue": a.queue[:80] if a.queue else a.queue,
+        "origin": a.origin.value, "rank": a.origin.rank,
+    }
+
+
+def merge_rows(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """In-batch twin of the SQL merge (a statement may not touch one row twice)."""
+    hi, lo = (new, old) if new["rank"] > old["rank"] else (old, new)
+    out = dict(hi)
+    out["number"] = hi["number"] or lo["number"]
+    out["caller"] = hi["caller"] or lo["caller"]
+    if new["rank"] == old["rank"]:
+        out["started_ts"] = min(old["started_ts"], new["started_ts"])
+        out["ended_ts"] = max((x for x in (old["ended_ts"], new["ended_ts"]) if x is not None), default=None)
+        connected = "connected" in (old["outcome"], new["outcome"])
+        out["outcome"] = "connected" if connected else "failed"
+        take = (new["outcome"] == "connected" and old["outcome"] != "connected") or (
+            new["outcome"] == old["outcome"] == "failed" and (new["ended_ts"] or 0) >= (old["ended_ts"] or 0)
+        )
+        src = new if take else old
+        out["reason"], out["wait_seconds"], out["queue"] = src["reason"], src["wait_seconds"], src["queue"]
+        out["origin"] = old["origin"]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CursorWrite:
+    name: str
+    path: str | None
+    device: int | None
+    inode: int | None
+    offset: int
+    head: str | None
+    state: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    attempts: int = 0
+    dead_letters: int = 0
+    opened: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    grown: int = 0
+
+
+class Ingestor:
+    """Writes batches of attempts and opens/cancels callbacks as detection says."""
+
+    def __init__(self, store: Store, clock: Clock, rules: DetectRules) -> None:
+        self.store = store
+        self.clock = clock
+        self.rules = rules
+
+    def ingest(
+        self,
+        attempts: Sequence[Attempt],
+        dead: Sequence[DeadLetter] = (),
+        cursor: CursorWrite | None = None,
+    ) -> IngestResult:
+        result = IngestResult()
+        now = self.clock.now()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for a in attempts:
+            r = _row(a)
+            key = (a.system, a.call_id)
+            prior = rows.get(key)
+            rows[key] = r if prior is None else merge_rows(prior, r)
+        with self.store.write() as conn:
+            if rows:
+                conn.execute(UPSERT_ATTEMPT, list(rows.values()))
+                result.attempts = len(rows)
+            if dead:
+                result.dead_letters = self._dead_letters(conn, dead, now)
+            if cursor is not None:
+                save_cursor(conn, cursor, now)
+            self._detect(conn, rows.values(), now, result)
+        return result
+
+    # -- dead letters -------------------------------------------------------------
+    def _dead_letters(self, conn: Connection, dead: Sequence[DeadLetter], now: datetime) -> int:
+        values = []
+        for d in dead:
+            digest = hashlib.sha256(
+                d.source.encode() + b"\0" + d.position.encode() + b"\0" + d.raw
+            ).hexdigest()
+            values.append({"source": d.source, "position": d.position[:512], "raw": d.raw,
+                           "reason": d.reason, "digest": digest, "created_at": now})
+        stmt = _insert_ignore(conn, t.dead_letters)
+        conn.execute(stmt, values)
+        return len(values)
+
+    # -- detection ----------------------------------------------------------------
+    def _detect(self, conn: Connection, rows: Iterable[dict[str, Any]], now: datetime, result: IngestResult) -> None:
+        now_ts = int(now.timestamp())
+        since = now_ts - self.rules.lookback_seconds
+        touched = {r["number"] for r in rows if r["number"]}
+        if not touched:
+            return
+        recent = {r["number"] for r in rows if r["number"] and (r["ended_ts"] or r["started_ts"]) >= since}
+        open_numbers = {n for (n,) in conn.execute(
+            sa.select(t.callbacks.c.number).where(t.callbacks.c.state.in_(_OPEN)))}
+        candidates = sorted(recent | (touched & open_numbers))
+        for i in range(0, len(candidates), 400):
+            self._detect_chunk(conn, candidates[i:i + 400], now, now_ts, since, result)
+
+    def _detect_chunk(self, conn: Connection, numbers: list[str], now: datetime, now_ts: int, since: int,
+                      result: IngestResult) -> None:
+        cb = t.callbacks
+        open_eps: dict[str, OpenEpisode] = {}
+        for row in conn.execute(
+            sa.select(cb.c.id, cb.c.number, cb.c.episode_start, cb.c.failures)
+            .where(cb.c.number.in_(numbers), cb.c.state.in_(_OPEN))
+        ):
+            open_eps[row.number] = OpenEpisode(row.id, int(row.episode_start.timestamp()), row.failures)
+        boundary: dict[str, int] = {}
+        for number, closed in conn.execute(
+            sa.select(cb.c.number, sa.func.max(cb.c.closed_at))
+            .where(cb.c.number.in_(numbers), cb.c.closed_at.is_not(None))
+            .group_by(cb.c.number)
+        ):
+            if closed is not None:
+                if isinstance(closed, str):  # SQLite aggregate bypasses the column type
+                    closed = datetime.fromisoformat(closed)
+                boundary[number] = int(closed.timestamp())
+        floor = min([since, *(e.episode_start_ts for e in open_eps.values())])
+        a = t.attempts
+        per_number: dict[str, list[AttemptView]] = {n: [] for n in numbers}
+        for row in conn.execute(
+            sa.select(a.c.id, a.c.number, a.c.started_ts, a.c.call_id, a.c.outcome, a.c.reason, a.c.wait_seconds)
+            .where(a.c.number.in_(numbers), a.c.started_ts >= floor)
+            .order_by(a.c.number, a.c.started_ts, a.c.call_id)
+        ):
+            per_number[row.number].append(
+                AttemptView(row.id, row.started_ts, row.call_id, Outcome(row.outcome), row.reason, row.wait_seconds)
+            )
+        for number in numbers:
+            actions = detect(per_number[number], now_ts=now_ts, rules=self.rules,
+                             open_episode=open_eps.get(number), closed_boundary_ts=boundary.get(number))
+            for action in actions:
+                if isinstance(action, Open):
+                    cid = self._open(conn, number, action, now)
+                    if cid is not None:
+                        result.opened.append(cid)
+                        if action.cancelled_by is not None:
+                            result.cancelled.append(cid)
+                elif isinstance(action, Grow):
+                    if self._grow(conn, action, now):
+                        result.grown += 1
+                elif isinstance(action, Cancel):
+                    if self._cancel(conn, action, now):
+                        result.cancelled.append(action.callback_id)
+
+    def _open(self, conn: Connection, number: str, action: Open, now: datetime) -> int | None:
+        triggered = utc_from_ts(action.triggered_ts)
+        values: dict[str, Any] = {
+            "kind": "recall", "number": number, "state": State.PENDING.value, "priority": 0,
+            "failures": action.failures, "episode_start": utc_from_ts(action.episode_start_ts),
+            "triggered_at": triggered, "last_failed_at": utc_from_ts(action.last_failed_ts),
+            "due_at": triggered, "dial_attempts": 0, "created_at": now, "updated_at": now,
+        }
+        by = action.cancelled_by
+        if by is not None:
+            values.update(state=State.CANCELLED.value, closed_at=utc_from_ts(by.started_ts),
+                          outcome="self-resolved", close_reason=f"got through on call {by.call_id}")
+        stmt = _insert_ignore(conn, t.callbacks).returning(t.callbacks.c.id)
+        cid = conn.execute(stmt, values).scalar()
+        if cid is None:
+            return None
+        events = [_ev(cid, triggered, "detector", "opened", None, State.PENDING,
+                      {"threshold": self.rules.threshold, "trigger_call_id": action.trigger_call_id})]
+        if by is not None:
+            events.append(_ev(cid, utc_from_ts(by.started_ts), "detector", "cancelled", State.PENDING,
+                              State.CANCELLED, {"reason": "self-resolved", "call_id": by.call_id}))
+        conn.execute(t.callback_events.insert(), events)
+        self._link(conn, cid, action.attempt_ids)
+        return cid
+
+    def _grow(self, conn: Connection, action: Grow, now: datetime) -> bool:
+        cb = t.callbacks
+        last = utc_from_ts(action.last_failed_ts)
+        changed = conn.execute(
+            cb.update()
+            .where(cb.c.id == action.callback_id, cb.c.state.in_(_OPEN),
+                   sa.or_(cb.c.failures != action.failures, cb.c.last_failed_at != last))
+            .values(failures=action.failures, last_failed_at=last, updated_at=now)
+        ).rowcount
+        self._link(conn, action.callback_id, action.attempt_ids)
+        return bool(changed)
+
+    def _cancel(self, conn: Connection, action: Cancel, now: datetime) -> bool:
+        cb = t.callbacks
+        at = utc_from_ts(action.by.started_ts)
+        row = conn.execute(
+            cb.update()
+            .where(cb.c.id == action.callback_id, cb.c.state.in_(_OPEN))
+            .values(state=State.CANCELLED.value, closed_at=at, outcome="self-resolved",
+                    close_reason=f"got through on call {action.by.call_id}", claimed_by=None,
+                    lease_until=None, updated_at=now)
+            .returning(cb.c.id)
+        ).first()
+        if row is None:
+            return False
+        prev = conn.execute(
+            sa.select(t.callback_events.c.to_state).where(t.callback_events.c.callback_id == action.callback_id)
+            .order_by(t.callback_events.c.id.desc()).limit(1)
+        ).scalar()
+        conn.execute(t.callback_events.insert(), [_ev(
+            action.callback_id, at, "detector", "cancelled", prev, State.CANCELLED,
+            {"reason": "self-resolved", "call_id": action.by.call_id})])
+        return True
+
+    def _link(self, conn: Connection, callback_id: int, attempt_ids: list[int]) -> None:
+        if attempt_ids:
+            conn.execute(_insert_ignore(conn, t.callback_attempts),
+                         [{"callback_id": callback_id, "attempt_id": i} for i in attempt_ids])
+
+
+def _ev(cid: int, at: datetime, actor: str, event: str, frm: State | str | None, to: State | str | None,
+        detail: dict[str, Any]) -> dict[str, Any]:
+    return {"callback_id": cid, "at": at, "actor": actor, "event": event,
+            "from_state": str(frm) if frm is not None else None,
+            "to_state": str(to) if to is not None else None,
+            "detail": json.dumps(detail, sort_keys=True, ensure_ascii=False)}
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing()
+
+
+def save_cursor(conn: Connection, c: CursorWrite, now: datetime) -> None:
+    values = {"name": c.name, "path": c.path, "device": c.device, "inode": c.inode, "offset": c.offset,
+              "head": c.head, "state": json.dumps(c.state) if c.state is not None else None,
+              "updated_at": now}
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(t.source_cursors).values(values)
+    stmt = stmt.on_conflict_do_update(index_elements=["name"],
+                                      set_={k: stmt.excluded[k] for k in values if k != "name"})
+    conn.execute(stmt)
+
+
+def load_cursor(store: Store, name: str) -> CursorWrite | None:
+    with store.read() as conn:
+        row = conn.execute(sa.select(t.source_cursors).where(t.source_cursors.c.name == name)).first()
+    if row is None:
+        return None
+    return CursorWrite(row.name, row.path, row.device, row.inode, row.offset, row.head,
+                       json.loads(row.state) if row.state else None)

@@ -1,0 +1,1 @@
+"""Alembic migrations for callbackd's schema (run with `callbackd db upgrade`)."""

@@ -1,0 +1,158 @@
+"""Caller numbers: E.164 normalization (phonenumbers), ignore rules and masking.
+
+phonenumbers.parse costs ~16 µs a number; a year of a mid-size hotline has
+~300,000 distinct callers, so the import would spend most of its time there.
+`Normalizer` therefore learns, per *shape* of an all-digit national number
+(its length and first four digits), what phonenumbers does to it — which
+country code it prepends and how many leading digits (the national prefix) it
+drops — and applies that rule to later numbers of the same shape. The rule is
+only learnt when phonenumbers' own result has exactly that form, and a shape
+whose numbers ever disagree is sent back to phonenumbers for good
+(`tests/unit/test_numbers.py` checks agreement on generated numbers).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import phonenumbers
+
+_DIGITS = re.compile(r"^\d+$")
+_CLEAN = re.compile(r"[\s().\-/]")
+
+#: caller-ID values that mean "no number": anonymous, withheld, placeholders
+ANONYMOUS = frozenset(
+    {"", "anonymous", "unknown", "<unknown>", "<null>", "null", "private", "restricted",
+     "unavailable", "withheld", "none", "s", "0"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NumberRules:
+    default_region: str = "CN"
+    internal_max_digits: int = 5
+    ignore: frozenset[str] = frozenset()
+    ignore_patterns: tuple[str, ...] = ()
+
+
+class Normalizer:
+    """Turns raw caller-ID strings into E.164, or None for numbers to ignore."""
+
+    def __init__(self, rules: NumberRules) -> None:
+        self.rules = rules
+        self._ignore = {s.strip().lower() for s in rules.ignore}
+        self._ignore_res = [re.compile(p) for p in rules.ignore_patterns]
+        self._cache: dict[str, str | None] = {}
+        self._shapes: dict[tuple[int, str], tuple[str, int] | None] = {}
+        self._shape_checks: dict[tuple[int, str], int] = {}
+
+    def normalize(self, raw: str | None) -> str | None:
+        if raw is None:
+            return None
+        hit = self._cache.get(raw, _MISS)
+        if hit is not _MISS:
+            return hit  # type: ignore[return-value]
+        result = self._normalize(raw)
+        if len(self._cache) < 200_000:
+            self._cache[raw] = result
+        return result
+
+    def why_ignored(self, raw: str | None) -> str | None:
+        """The reason a raw number is not a callable caller, or None."""
+        value = (raw or "").strip()
+        if value.lower() in ANONYMOUS:
+            return "anonymous"
+        if value.lower() in self._ignore:
+            return "ignored"
+        for rx in self._ignore_res:
+            if rx.search(value):
+                return "ignored-pattern"
+        digits = _CLEAN.sub("", value).lstrip("+")
+        if digits.isdigit() and len(digits) <= self.rules.internal_max_digits:
+            return "internal"
+        if self._parse(value) is None:
+            return "unparseable"
+        return None
+
+    def _normalize(self, raw: str) -> str | None:
+        value = raw.strip()
+        if value.lower() in ANONYMOUS or value.lower() in self._ignore:
+            return None
+        for rx in self._ignore_res:
+            if rx.search(value):
+                return None
+        compact = _CLEAN.sub("", value)
+        digits = compact[1:] if compact.startswith("+") else compact
+        if not digits.isdigit() or len(digits) <= self.rules.internal_max_digits:
+            return None
+        if compact.startswith("+") or compact.startswith("00"):
+            return self._parse(compact)
+        key = (len(digits), digits[:4])
+        rule = self._shapes.get(key, _MISS)
+        if rule is _MISS:
+            result = self._parse(digits)
+            self._shapes[key] = _learn(digits, result)
+            return result
+        if rule is None:
+            return self._parse(digits)
+        cc, drop = rule  # type: ignore[misc]
+        fast = f"+{cc}{digits[drop:]}"
+        # keep checking a shape now and then; a disagreement retires its rule
+        n = self._shape_checks.get(key, 0) + 1
+        self._shape_checks[key] = n
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ... : a logarithmic number of checks
+            slow = self._parse(digits)
+            if slow != fast:
+                self._shapes[key] = None
+                return slow
+        return fast
+
+    def _parse(self, value: str) -> str | None:
+        try:
+            parsed = phonenumbers.parse(value, self.rules.default_region)
+        except phonenumbers.NumberParseException:
+            return None
+        # numbers phonenumbers cannot vouch for (is_possible_number False) are kept in
+        # the same stable form rather than lose a caller
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _learn(digits: str, result: str | None) -> tuple[str, int] | None:
+    """The (country code, leading digits dropped) rule that turns digits into result."""
+    if result is None or not result.startswith("+"):
+        return None
+    body = result[1:]
+    for drop in range(0, 4):
+        rest = digits[drop:]
+        if body.endswith(rest):
+            cc = body[: len(body) - len(rest)]
+            if cc.isdigit() and 1 <= len(cc) <= 3:
+                return cc, drop
+    return None
+
+
+class _Miss:
+    pass
+
+
+_MISS = _Miss()
+
+
+def mask(number: str | None) -> str:
+    """+8613812345678 -> +86138****5678: enough to tell callers apart in a log, not to call them."""
+    if not number:
+        return "-"
+    if len(number) <= 6:
+        return "*" * len(number)
+    keep_head = min(6, len(number) - 4)
+    return number[:keep_head] + "*" * (len(number) - keep_head - 4) + number[-4:]
+
+
+def normalizer_from(
+    default_region: str, internal_max_digits: int, ignore: Iterable[str], patterns: Iterable[str]
+) -> Normalizer:
+    return Normalizer(
+        NumberRules(default_region, internal_max_digits, frozenset(ignore), tuple(patterns))
+    )

@@ -1,0 +1,255 @@
+"""The callback queue as operators work it: list, show, claim, close, release, cancel.
+
+A claim is one atomic statement (FOR UPDATE SKIP LOCKED on PostgreSQL; on
+SQLite the BEGIN IMMEDIATE transaction serializes writers), and it is a
+lease: a claim whose lease ran out is returned to the queue by `sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import schema as t
+from .callbacks import CLAIMABLE_STATES, OPEN_STATES, Callback, CloseOutcome, Event, State
+from .clock import Clock
+from .errors import InvalidTransition, LeaseLost, NotFound
+from .ingest import _ev
+from .store import Store
+
+_OPEN = tuple(s.value for s in OPEN_STATES)
+_CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATES)
+cb = t.callbacks
+
+#: the default order: priority, then more failures first, then longest waiting
+ORDER = (cb.c.priority.desc(), cb.c.failures.desc(), cb.c.triggered_at.asc(), cb.c.id.asc())
+
+
+def _order_key(c: Callback) -> tuple[Any, ...]:
+    return (-c.priority, -c.failures, c.triggered_at, c.id)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRules:
+    """How operator outcomes that can be retried are retried (the planner refines this)."""
+
+    max_attempts: int = 3
+    delays: tuple[tuple[str, int], ...] = (("no-answer", 30 * 60), ("busy", 10 * 60))
+
+    def delay(self, outcome: str) -> int:
+        return dict(self.delays).get(outcome, 30 * 60)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    id: int
+    system: str
+    call_id: str
+    number: str | None
+    started_ts: int
+    ended_ts: int | None
+    outcome: str
+    reason: str
+    wait_seconds: int | None
+    queue: str | None
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackDetail:
+    callback: Callback
+    attempts: list[AttemptRow]
+    events: list[Event]
+
+
+class CallbackQueue:
+    def __init__(self, store: Store, clock: Clock, retry: RetryRules | None = None,
+                 lease: timedelta = timedelta(minutes=15)) -> None:
+        self.store = store
+        self.clock = clock
+        self.retry = retry or RetryRules()
+        self.lease = lease
+
+    # -- reading ------------------------------------------------------------------
+    def list(self, *, states: list[str] | None = None, due: bool = False, limit: int | None = None,
+             offset: int = 0, number: str | None = None) -> list[Callback]:
+        q = sa.select(cb).order_by(*ORDER)
+        if states:
+            q = q.where(cb.c.state.in_(states))
+        if due:
+            q = q.where(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= self.clock.now())
+        if number:
+            q = q.where(cb.c.number == number)
+        if limit is not None:
+            q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
+        with self.store.read() as conn:
+            return [Callback.from_row(r) for r in conn.execute(q)]
+
+    def get(self, callback_id: int) -> CallbackDetail:
+        with self.store.read() as conn:
+            row = conn.execute(sa.select(cb).where(cb.c.id == callback_id)).first()
+            if row is None:
+                raise NotFound(f"no callback {callback_id}")
+            a = t.attempts
+            attempts = [
+                AttemptRow(**r._mapping)
+                for r in conn.execute(
+                    sa.select(a.c.id, a.c.system, a.c.call_id, a.c.number, a.c.started_ts, a.c.ended_ts,
+                              a.c.outcome, a.c.reason, a.c.wait_seconds, a.c.queue, a.c.origin)
+                    .join(t.callback_attempts, t.callback_attempts.c.attempt_id == a.c.id)
+                    .where(t.callback_attempts.c.callback_id == callback_id)
+                    .order_by(a.c.started_ts, a.c.call_id)
+                )
+            ]
+            events = [
+                Event.from_row(r)
+                for r in conn.execute(
+                    sa.select(t.callback_events).where(t.callback_events.c.callback_id == callback_id)
+                    .order_by(t.callback_events.c.at, t.callback_events.c.id)
+                )
+            ]
+        return CallbackDetail(Callback.from_row(row), attempts, events)
+
+    def counts(self) -> dict[str, int]:
+        with self.store.read() as conn:
+            return {s: n for s, n in conn.execute(sa.select(cb.c.state, sa.func.count()).group_by(cb.c.state))}
+
+    # -- claims -------------------------------------------------------------------
+    def claim(self, operator: str, count: int = 1, *, lease: timedelta | None = None) -> list[Callback]:
+        """Hand out up to `count` due callbacks to `operator`, each exactly once."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        now = self.clock.now()
+        until = now + (lease or self.lease)
+        with self.store.write() as conn:
+            self._sweep(conn, now)
+            pick = (
+                sa.select(cb.c.id)
+                .where(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now)
+                .order_by(*ORDER)
+                .limit(count)
+            )
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            rows = conn.execute(
+                sa.update(cb)
+                .where(cb.c.id.in_(pick.scalar_subquery()))
+                .values(state=State.DIALING.value, claimed_by=operator, lease_until=until, updated_at=now)
+                .returning(*cb.c)
+            ).all()
+            claimed = sorted((Callback.from_row(r) for r in rows), key=_order_key)
+            if claimed:
+                conn.execute(t.callback_events.insert(), [
+                    _ev(c.id, now, operator, "claimed", _pre_claim_state(c), State.DIALING,
+                        {"lease_until": until.isoformat()}) for c in claimed
+                ])
+        return claimed
+
+    def close(self, callback_id: int, operator: str, outcome: CloseOutcome | str, note: str | None = None,
+              *, force: bool = False) -> Callback:
+        outcome = CloseOutcome(outcome)
+        now = self.clock.now()
+        with self.store.write() as conn:
+            cur = self._held(conn, callback_id, operator, force)
+            attempts = cur.dial_attempts + 1
+            values: dict[str, Any] = {"dial_attempts": attempts, "outcome": outcome.value,
+                                      "claimed_by": None, "lease_until": None, "updated_at": now}
+            if outcome in (CloseOutcome.REACHED, CloseOutcome.DECLINED):
+                new = State.REACHED
+            elif outcome is CloseOutcome.WRONG_NUMBER:
+                new = State.CANCELLED
+                values["close_reason"] = "wrong number"
+            elif attempts >= self.retry.max_attempts:
+                new = State.UNREACHABLE
+                values["close_reason"] = f"{attempts} calls without reaching the citizen"
+            else:
+                new = State.RETRY_WAIT
+                values["due_at"] = now + timedelta(seconds=self.retry.delay(outcome.value))
+            if not new.is_open:
+                values["closed_at"] = now
+            values["state"] = new.value
+            conn.execute(sa.update(cb).where(cb.c.id == callback_id).values(**values))
+            detail: dict[str, Any] = {"outcome": outcome.value, "dial_attempts": attempts}
+            if note:
+                detail["note"] = note
+            if new is State.RETRY_WAIT:
+                detail["retry_at"] = values["due_at"].isoformat()
+            conn.execute(t.callback_events.insert(), [_ev(callback_id, now, operator, "closed", cur.state, new,
+                                                          detail)])
+            return self._one(conn, callback_id)
+
+    def release(self, callback_id: int, operator: str, *, force: bool = False, note: str | None = None) -> Callback:
+        now = self.clock.now()
+        with self.store.write() as conn:
+            cur = self._held(conn, callback_id, operator, force)
+            back = _pre_claim_state(cur)
+            conn.execute(sa.update(cb).where(cb.c.id == callback_id).values(
+                state=back.value, claimed_by=None, lease_until=None, updated_at=now))
+            conn.execute(t.callback_events.insert(), [_ev(callback_id, now, operator, "released", cur.state, back,
+                                                          {"note": note} if note else {})])
+            return self._one(conn, callback_id)
+
+    def cancel(self, callback_id: int, actor: str, reason: str) -> Callback:
+        now = self.clock.now()
+        with self.store.write() as conn:
+            cur = self._one(conn, callback_id)
+            if not cur.state.is_open:
+                raise InvalidTransition(f"callback {callback_id} is {cur.state.value}; only open callbacks can be "
+                                        "cancelled")
+            conn.execute(sa.update(cb).where(cb.c.id == callback_id).values(
+                state=State.CANCELLED.value, outcome="cancelled", close_reason=reason, closed_at=now,
+                claimed_by=None, lease_until=None, updated_at=now))
+            conn.execute(t.callback_events.insert(), [_ev(callback_id, now, actor, "cancelled", cur.state,
+                                                          State.CANCELLED, {"reason": reason})])
+            return self._one(conn, callback_id)
+
+    def sweep(self) -> list[int]:
+        """Return callbacks whose claim lease ran out to the queue."""
+        with self.store.write() as conn:
+            return self._sweep(conn, self.clock.now())
+
+    # -- helpers ------------------------------------------------------------------
+    def _sweep(self, conn: Connection, now: datetime) -> list[int]:
+        rows = conn.execute(
+            sa.select(cb).where(cb.c.state == State.DIALING.value, cb.c.lease_until < now)
+        ).all()
+        expired = [Callback.from_row(r) for r in rows]
+        for c in expired:
+            back = _pre_claim_state(c)
+            n = conn.execute(sa.update(cb).where(cb.c.id == c.id, cb.c.state == State.DIALING.value,
+                                                 cb.c.lease_until < now)
+                             .values(state=back.value, claimed_by=None, lease_until=None, updated_at=now)).rowcount
+            if n:
+                conn.execute(t.callback_events.insert(), [_ev(c.id, now, "sweeper", "lease-expired", State.DIALING,
+                                                              back, {"claimed_by": c.claimed_by})])
+        return [c.id for c in expired]
+
+    def _one(self, conn: Connection, callback_id: int) -> Callback:
+        row = conn.execute(sa.select(cb).where(cb.c.id == callback_id)).first()
+        if row is None:
+            raise NotFound(f"no callback {callback_id}")
+        return Callback.from_row(row)
+
+    def _held(self, conn: Connection, callback_id: int, operator: str, force: bool) -> Callback:
+        cur = self._one(conn, callback_id)
+        if cur.state is not State.DIALING:
+            why = f" ({cur.close_reason})" if cur.close_reason else ""
+            raise InvalidTransition(f"callback {callback_id} is {cur.state.value}{why}, not claimed")
+        if cur.claimed_by != operator and not force:
+            raise LeaseLost(f"callback {callback_id} is claimed by {cur.claimed_by}, not {operator}")
+        return cur
+
+
+def _pre_claim_state(c: Callback) -> State:
+    return State.PENDING if c.dial_attempts == 0 else State.RETRY_WAIT
+
+
+def event_detail(e: Event) -> str:
+    return json.dumps(e.detail, ensure_ascii=False, sort_keys=True)

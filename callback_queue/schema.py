@@ -1,0 +1,156 @@
+"""The tables (SQLAlchemy Core). Alembic migrations must produce exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite too."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+OPEN_STATES_SQL = "state IN ('pending', 'scheduled', 'dialing', 'retry_wait')"
+
+# Inbound calls. Times are epoch seconds (UTC): this is the high-volume log table.
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("system", String(64), nullable=False),
+    Column("call_id", String(128), nullable=False),
+    Column("number", String(20)),
+    Column("caller", String(80)),
+    Column("started_ts", BigInteger, nullable=False),
+    Column("ended_ts", BigInteger),
+    Column("outcome", String(16), nullable=False),
+    Column("reason", String(24), nullable=False),
+    Column("wait_seconds", Integer),
+    Column("queue", String(80)),
+    Column("origin", String(16), nullable=False),
+    Column("rank", SmallInteger, nullable=False),
+    UniqueConstraint("system", "call_id"),
+    Index(None, "number", "started_ts"),
+)
+
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False, server_default="recall"),
+    Column("number", String(20), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False),
+    Column("episode_start", UTCDateTime, nullable=False),
+    Column("triggered_at", UTCDateTime, nullable=False),
+    Column("last_failed_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("dial_attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_by", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("outcome", String(24)),
+    Column("close_reason", Text),
+    Column("closed_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("number", "episode_start"),
+    # invariant 2: at most one open callback per number, enforced by the database
+    Index(
+        "uq_callbacks_open_number",
+        "number",
+        unique=True,
+        sqlite_where=text(OPEN_STATES_SQL),
+        postgresql_where=text(OPEN_STATES_SQL),
+    ),
+    Index(None, "state", "due_at"),
+)
+
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("callback_id", ForeignKey("callbacks.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt_id", ForeignKey("attempts.id", ondelete="CASCADE"), primary_key=True),
+)
+
+callback_events = Table(
+    "callback_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("callback_id", ForeignKey("callbacks.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16)),
+    Column("detail", Text),
+    Index(None, "callback_id", "id"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("position", String(512), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+source_cursors = Table(
+    "source_cursors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("path", Text),
+    Column("device", BigInteger),
+    Column("inode", BigInteger),
+    Column("offset", BigInteger, nullable=False, server_default="0"),
+    Column("head", String(64)),
+    Column("state", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,148 @@
+"""The database: engines, transactions and schema migrations.
+
+SQLite (WAL, busy timeout) is the embedded default; PostgreSQL is the
+multi-instance store. SQLite write transactions start with BEGIN IMMEDIATE so
+two writers queue on the busy timeout instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from .errors import SchemaOutOfDate, StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Store:
+    """An engine plus the transaction helpers every repository uses."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5) -> None:
+        self.url = url
+        self.dialect = sa.engine.make_url(url).get_backend_name()
+        try:
+            if self.dialect == "sqlite":
+                self.engine = _sqlite_engine(url, busy_timeout_ms)
+            else:
+                self.engine = sa.create_engine(
+                    url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                    future=True,
+                )
+        except (SQLAlchemyError, ImportError) as exc:
+            raise StoreError(f"cannot open store {redact_url(url)}: {exc}") from exc
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A read-write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self._translate(), self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(sqlite_immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ----------------------------------------------------------------
+    def _alembic_config(self, conn: Connection):  # type: ignore[no-untyped-def]
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
+        """Migrate to `revision`; returns (before, after)."""
+        from alembic import command
+
+        before = self.current_revision()
+        with self._translate(), self.engine.begin() as conn:
+            command.upgrade(self._alembic_config(conn), revision)
+        return before, self.current_revision()
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self._translate(), self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as conn:
+            return ScriptDirectory.from_config(self._alembic_config(conn)).get_current_head()
+
+    def require_current(self) -> None:
+        """Refuse to run on a schema that is missing or out of date."""
+        current, head = self.current_revision(), self.head_revision()
+        if current != head:
+            state = "empty" if current is None else f"at revision {current}"
+            raise SchemaOutOfDate(
+                f"the database {redact_url(self.url)} is {state}, callbackd needs revision {head}: "
+                "run `callbackd db upgrade`"
+            )
+
+
+def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # let SQLAlchemy's begin event emit BEGIN itself (pysqlite's own is deferred-only)
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("sqlite_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def default_sqlite_url(state_dir: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(state_dir).absolute() / 'callbackd.db'}"
+
+
+def redact_url(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparseable URL is shown as a placeholder
+        return "<invalid url>"

@@ -1,0 +1,272 @@
+"""The `callbackd` command line: a thin layer over the services the daemon uses.
+
+Heavy libraries are imported inside the commands, so `callbackd --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+EX_CONFIG = 78  # sysexits.h: configuration error (systemd: RestartPreventExitStatus=78)
+
+
+class Ctx:
+    def __init__(self) -> None:
+        self.config_path: str | None = None
+        self._settings: Any = None
+
+    @property
+    def settings(self) -> Any:
+        if self._settings is None:
+            from .settings import load_settings
+
+            self._settings = load_settings(self.config_path)
+        return self._settings
+
+
+def with_config(fn: Any) -> Any:
+    """Every command takes --config PATH (CALLBACKD_CONFIG names the file too)."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="Configuration file (default: $CALLBACKD_CONFIG, /etc/callbackd/callbackd.toml, "
+                       "./config/callbackd.toml).")
+    @click.pass_obj
+    @functools.wraps(fn)
+    def wrapper(obj: Ctx, config_path: str | None, *args: Any, **kwargs: Any) -> Any:
+        if config_path:
+            obj.config_path = config_path
+            obj._settings = None
+        return _guard(fn, obj, *args, **kwargs)
+
+    return wrapper
+
+
+def _guard(fn: Any, obj: Ctx, *args: Any, **kwargs: Any) -> Any:
+    from callback_queue.errors import CallbackdError, ConfigError
+
+    try:
+        return fn(obj, *args, **kwargs)
+    except ConfigError as exc:
+        click.echo(f"callbackd: {exc}", err=True)
+        sys.exit(EX_CONFIG)
+    except CallbackdError as exc:
+        click.echo(f"callbackd: {exc}", err=True)
+        sys.exit(1)
+
+
+def _setup_logs(obj: Ctx, quiet: bool = False) -> None:
+    from .logs import configure
+
+    s = obj.settings
+    configure("warning" if quiet else s.daemon.log_level, s.daemon.log_format)
+
+
+def _store(obj: Ctx, require_current: bool = True) -> Any:
+    from .app import open_store
+
+    store = open_store(obj.settings)
+    if require_current:
+        store.require_current()
+    return store
+
+
+def _queue(obj: Ctx) -> Any:
+    from callback_queue.clock import SystemClock
+
+    from .app import callback_queue
+
+    return callback_queue(obj.settings, _store(obj), SystemClock())
+
+
+def default_operator() -> str:
+    return os.environ.get("CALLBACKD_OPERATOR") or getpass.getuser()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (also $CALLBACKD_CONFIG).")
+@click.version_option(package_name="callbackd", prog_name="callbackd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """callbackd: calls back citizens who tried the hotline several times without getting through."""
+    ctx.obj = ctx.obj or Ctx()
+    ctx.obj.config_path = config_path
+
+
+# -- run ----------------------------------------------------------------------------------
+@cli.command()
+@with_config
+def run(obj: Ctx) -> None:
+    """Run the daemon: tail the configured call logs, open and cancel callbacks, sweep leases."""
+    _setup_logs(obj)
+    from .app import Daemon
+
+    sys.exit(Daemon(obj.settings).run())
+
+
+# -- db -------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Database schema: upgrade, current revision."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@with_config
+def db_upgrade(obj: Ctx, revision: str) -> None:
+    """Create or migrate the schema (Alembic migrations)."""
+    from callback_queue.store import redact_url
+
+    store = _store(obj, require_current=False)
+    before, after = store.upgrade(revision)
+    if before == after:
+        click.echo(f"{redact_url(store.url)}: already at {after}")
+    else:
+        click.echo(f"{redact_url(store.url)}: {before or '(empty)'} -> {after}")
+
+
+@db.command("current")
+@with_config
+def db_current(obj: Ctx) -> None:
+    """Show the schema revision and whether it is current (exit 1 if not)."""
+    store = _store(obj, require_current=False)
+    cur, head = store.current_revision(), store.head_revision()
+    click.echo(f"current: {cur or '(empty)'}\nhead:    {head}")
+    if cur != head:
+        click.echo("run `callbackd db upgrade`", err=True)
+        sys.exit(1)
+
+
+# -- config ---------------------------------------------------------------------------------
+@cli.group("config")
+def config_group() -> None:
+    """Configuration: check it and print the effective values."""
+
+
+@config_group.command("check")
+@click.option("--format", "fmt", type=click.Choice(["toml", "json"]), default="toml", show_default=True)
+@with_config
+def config_check(obj: Ctx, fmt: str) -> None:
+    """Validate the configuration and print it with secrets redacted (exit 78 if invalid)."""
+    import json
+
+    s = obj.settings
+    data = s.redacted()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"# effective configuration from {s.origin}")
+        click.echo(_toml(data))
+
+
+def _toml(data: dict[str, Any], prefix: str = "") -> str:
+    import json
+
+    flat, tables = [], []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif v is None:
+            flat.append(f"# {k} = (not set)")
+        else:
+            flat.append(f"{k} = {json.dumps(v, ensure_ascii=False)}")
+    out = "\n".join(flat)
+    for k, v in tables:
+        name = f"{prefix}{k}"
+        if all(isinstance(x, dict) or x is None for x in v.values()) and v:
+            body = _toml(v, name + ".")
+            out += ("\n" if out else "") + body
+        else:
+            out += f"\n\n[{name}]\n" + _toml(v, name + ".")
+    return out.strip("\n")
+
+
+# -- import ---------------------------------------------------------------------------------
+@cli.group("import")
+def import_group() -> None:
+    """Backfill attempts from call-log files (safe to repeat)."""
+
+
+def _run_import(obj: Ctx, kind: str, files: tuple[str, ...], system: str | None) -> None:
+    from callback_queue.clock import SystemClock
+    from callback_queue.ingest import Ingestor
+
+    from .app import cdr_parser, detect_rules, normalizer, queue_log_parser
+    from .settings import CdrSource, QueueLogSource
+    from .sources.pipeline import import_file
+
+    _setup_logs(obj, quiet=True)
+    s = obj.settings
+    src_cls = QueueLogSource if kind == "queue_log" else CdrSource
+    current = getattr(s.sources, kind)
+    src = current or src_cls(path=Path(files[0]))
+    if system:
+        src = src.model_copy(update={"system": system})
+    s = s.model_copy(update={"sources": s.sources.model_copy(update={kind: src})})
+    norm = normalizer(s)
+    parser = queue_log_parser(s, norm) if kind == "queue_log" else cdr_parser(s, norm)
+    store = _store(obj)
+    ingestor = Ingestor(store, SystemClock(), detect_rules(s))
+    total = {"lines": 0, "attempts": 0, "dead_letters": 0, "opened": 0, "cancelled": 0}
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise click.ClickException(f"{name}: no such file")
+        stats = _import_one(path, parser, ingestor, import_file)
+        for k in total:
+            total[k] += getattr(stats, k)
+        click.echo(f"{name}: {stats.lines} lines, {stats.attempts} attempts, {stats.dead_letters} dead letters, "
+                   f"{stats.opened} callbacks opened, {stats.cancelled} cancelled")
+    if len(files) > 1:
+        click.echo("total: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items()))
+
+
+def _import_one(path: Path, parser: Any, ingestor: Any, import_file: Any) -> Any:
+    if not sys.stderr.isatty():
+        return import_file(path, parser, ingestor)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(path.name, total=path.stat().st_size)
+        return import_file(path, parser, ingestor, progress=lambda n: bar.advance(task, n))
+
+
+@import_group.command("queue-log")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--system", help="PBX name the call ids belong to (default: [sources.queue_log] system or 'pbx').")
+@with_config
+def import_queue_log(obj: Ctx, files: tuple[str, ...], system: str | None) -> None:
+    """Import Asterisk queue_log files (plain or gzip)."""
+    _run_import(obj, "queue_log", files, system)
+
+
+@import_group.command("cdr")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--system", help="PBX name the call ids belong to (default: [sources.cdr] system or 'pbx').")
+@with_config
+def import_cdr(obj: Ctx, files: tuple[str, ...], system: str | None) -> None:
+    """Import Asterisk CDR CSV files (cdr_csv or cdr_custom, plain or gzip)."""
+    _run_import(obj, "cdr", files, system)
+
+
+from . import cli_callbacks  # noqa: E402,F401  (registers the operator commands)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="callbackd", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Operators' commands: callbacks list/show/claim/close/release/cancel, dead letters."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from .cli import Ctx, _queue, _store, cli, default_operator, with_config
+
+FORMATS = click.Choice(["table", "json", "csv"])
+LIST_COLUMNS = ("id", "state", "number", "failures", "triggered_at", "due_at", "dial_attempts", "claimed_by",
+                "lease_until", "outcome", "priority", "kind", "closed_at", "close_reason")
+
+
+def _local(dt: datetime | None, tz: Any) -> str:
+    return dt.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if dt else ""
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], title: str | None = None) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        click.echo(buf.getvalue(), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c.replace("_", " "))
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _table_row(c: Any, tz: Any, show: bool) -> dict[str, Any]:
+    from callback_queue.numbers import mask
+
+    d = c.as_json()
+    for k in ("triggered_at", "due_at", "lease_until", "closed_at"):
+        d[k] = _local(getattr(c, k), tz)
+    d["number"] = c.number if show else mask(c.number)
+    return d
+
+
+@cli.group()
+def callbacks() -> None:
+    """The callback queue: list, show, claim, close, release, cancel."""
+
+
+@callbacks.command("list")
+@click.option("--state", "states", multiple=True,
+              help="Only these states (repeatable): pending, scheduled, dialing, retry_wait, reached, cancelled, "
+                   "expired, unreachable, ... ; 'open' means all open states.")
+@click.option("--due", is_flag=True, help="Only callbacks that can be claimed now.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows.")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="json and csv carry full E.164 numbers and UTC times; the table masks numbers.")
+@click.option("--show-numbers", is_flag=True, help="Show full numbers in the table.")
+@with_config
+def cb_list(obj: Ctx, states: tuple[str, ...], due: bool, limit: int | None, fmt: str, show_numbers: bool) -> None:
+    """List callbacks: more failures first, then longest waiting."""
+    from callback_queue.callbacks import OPEN_STATES, State
+
+    wanted: list[str] = []
+    for s in states:
+        if s == "open":
+            wanted += [x.value for x in OPEN_STATES]
+        else:
+            try:
+                wanted.append(State(s).value)
+            except ValueError:
+                raise click.BadParameter(f"unknown state {s!r}", param_hint="--state") from None
+    items = _queue(obj).list(states=wanted or None, due=due, limit=limit)
+    if fmt == "table":
+        tz = obj.settings.tz
+        _emit([_table_row(c, tz, show_numbers) for c in items], fmt,
+              ("id", "state", "number", "failures", "triggered_at", "due_at", "dial_attempts", "claimed_by",
+               "outcome"), title=f"callbacks ({len(items)}; times in {obj.settings.daemon.timezone})")
+    else:
+        _emit([c.as_json() for c in items], fmt, LIST_COLUMNS)
+
+
+@callbacks.command("show")
+@click.argument("callback_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--show-numbers", is_flag=True, help="Show full numbers in the table.")
+@with_config
+def cb_show(obj: Ctx, callback_id: int, fmt: str, show_numbers: bool) -> None:
+    """One callback: the attempts that triggered it and its history."""
+    from callback_queue.clock import utc_from_ts
+
+    d = _queue(obj).get(callback_id)
+    tz = obj.settings.tz
+    if fmt == "json":
+        click.echo(json.dumps({
+            "callback": d.callback.as_json(),
+            "attempts": [{**a.__dict__} if hasattr(a, "__dict__") else {f: getattr(a, f) for f in a.__slots__}
+                         for a in d.attempts],
+            "events": [{"at": e.at.isoformat().replace("+00:00", "Z"), "actor": e.actor, "event": e.event,
+                        "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail} for e in d.events],
+        }, ensure_ascii=False, indent=2))
+        return
+    c = d.callback
+    row = _table_row(c, tz, show_numbers)
+    click.echo(f"callback {c.id}  {row['number']}  {c.state.value}  ({c.kind})")
+    click.echo(f"  failures in a row: {c.failures}; first {_local(c.episode_start, tz)}, "
+               f"triggered {_local(c.triggered_at, tz)}, last {_local(c.last_failed_at, tz)}")
+    click.echo(f"  due {_local(c.due_at, tz)}; calls made {c.dial_attempts}"
+               + (f"; claimed by {c.claimed_by} until {_local(c.lease_until, tz)}" if c.claimed_by else "")
+               + (f"; outcome {c.outcome}" if c.outcome else "")
+               + (f" ({c.close_reason})" if c.close_reason else ""))
+    _emit([{"call_id": a.call_id, "started": _local(utc_from_ts(a.started_ts), tz), "outcome": a.outcome,
+            "reason": a.reason, "wait_s": a.wait_seconds, "queue": a.queue, "source": a.origin}
+           for a in d.attempts], "table", ("call_id", "started", "outcome", "reason", "wait_s", "queue", "source"),
+          title="attempts")
+    _emit([{"at": _local(e.at, tz), "actor": e.actor, "event": e.event,
+            "change": f"{e.from_state or ''} -> {e.to_state or ''}",
+            "detail": json.dumps(e.detail, ensure_ascii=False, sort_keys=True) if e.detail else ""}
+           for e in d.events], "table", ("at", "actor", "event", "change", "detail"), title="history")
+
+
+@callbacks.command("claim")
+@click.option("--operator", default=None, help="Who claims (default: $CALLBACKD_OPERATOR or the login name).")
+@click.option("--count", type=click.IntRange(1, 100), default=1, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@with_config
+def cb_claim(obj: Ctx, operator: str | None, count: int, fmt: str) -> None:
+    """Claim the next due callbacks; the claim is a lease that expires ([queue] lease)."""
+    op = operator or default_operator()
+    got = _queue(obj).claim(op, count)
+    if not got:
+        click.echo("nothing is due", err=True)
+    if fmt == "table":
+        # the claimer is about to call: the table shows the full number
+        _emit([_table_row(c, obj.settings.tz, True) for c in got], fmt,
+              ("id", "number", "failures", "triggered_at", "lease_until"), title=f"claimed by {op}")
+    else:
+        _emit([c.as_json() for c in got], fmt, LIST_COLUMNS)
+
+
+@callbacks.command("close")
+@click.argument("callback_id", type=int)
+@click.option("--outcome", required=True,
+              type=click.Choice(["reached", "no-answer", "busy", "wrong-number", "declined"]))
+@click.option("--note", default=None, help="Free text kept in the history.")
+@click.option("--operator", default=None, help="Who closes (default: $CALLBACKD_OPERATOR or the login name).")
+@click.option("--force", is_flag=True, help="Close a callback claimed by someone else.")
+@with_config
+def cb_close(obj: Ctx, callback_id: int, outcome: str, note: str | None, operator: str | None, force: bool) -> None:
+    """Record the outcome of a claimed callback (no-answer and busy are retried)."""
+    c = _queue(obj).close(callback_id, operator or default_operator(), outcome, note, force=force)
+    extra = f", next try {_local(c.due_at, obj.settings.tz)}" if c.state.value == "retry_wait" else ""
+    click.echo(f"callback {c.id}: {c.state.value}{extra}")
+
+
+@callbacks.command("release")
+@click.argument("callback_id", type=int)
+@click.option("--operator", default=None)
+@click.option("--note", default=None)
+@click.option("--force", is_flag=True, help="Release a callback claimed by someone else.")
+@with_config
+def cb_release(obj: Ctx, callback_id: int, operator: str | None, note: str | None, force: bool) -> None:
+    """Give a claimed callback back to the queue."""
+    c = _queue(obj).release(callback_id, operator or default_operator(), force=force, note=note)
+    click.echo(f"callback {c.id}: {c.state.value}")
+
+
+@callbacks.command("cancel")
+@click.argument("callback_id", type=int)
+@click.option("--reason", required=True, help="Why (kept in the history).")
+@click.option("--operator", default=None)
+@with_config
+def cb_cancel(obj: Ctx, callback_id: int, reason: str, operator: str | None) -> None:
+    """Cancel an open callback."""
+    c = _queue(obj).cancel(callback_id, operator or default_operator(), reason)
+    click.echo(f"callback {c.id}: {c.state.value}")
+
+
+@cli.group()
+def deadletters() -> None:
+    """Input that could not be understood, kept with its reason."""
+
+
+@deadletters.command("list")
+@click.option("--source", default=None, help="Only this source (e.g. queue_log:pbx).")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@with_config
+def dl_list(obj: Ctx, source: str | None, limit: int, fmt: str) -> None:
+    """Newest first. Raw bytes are shown escaped (json/csv: also base64)."""
+    import base64
+
+    import sqlalchemy as sa
+
+    from callback_queue import schema as t
+
+    store = _store(obj)
+    q = sa.select(t.dead_letters).order_by(t.dead_letters.c.id.desc()).limit(limit)
+    if source:
+        q = q.where(t.dead_letters.c.source == source)
+    with store.read() as conn:
+        rows = conn.execute(q).all()
+        total = conn.execute(sa.select(sa.func.count()).select_from(t.dead_letters)).scalar()
+    out = [{"id": r.id, "source": r.source, "position": r.position, "reason": r.reason,
+            "raw": r.raw.decode("utf-8", "backslashreplace")[:200],
+            "raw_base64": base64.b64encode(r.raw).decode(), "created_at": r.created_at.isoformat()} for r in rows]
+    cols = ("id", "source", "position", "reason", "raw") if fmt == "table" else \
+        ("id", "source", "position", "reason", "raw", "raw_base64", "created_at")
+    _emit(out, fmt, cols, title=f"dead letters ({len(out)} of {total})")
+
+
+@cli.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default="demo", show_default=True,
+              help="Folder for the demo's config, database and queue_log.")
+@click.option("--calls-per-minute", type=click.FloatRange(0.1, 600), default=20.0, show_default=True)
+@click.option("--duration", type=click.FloatRange(1), default=None, help="Stop after this many seconds.")
+def demo(folder: str, calls_per_minute: float, duration: float | None) -> None:
+    """Run the daemon on SQLite, tailing a queue_log that a bundled traffic player writes."""
+    import threading
+    from pathlib import Path
+
+    from .app import Daemon
+    from .demo import DEMO_CONFIG, TrafficPlayer
+    from .logs import configure
+    from .settings import load_settings
+
+    root = Path(folder).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = root / "callbackd.toml"
+    if not cfg.exists():
+        cfg.write_text(DEMO_CONFIG, encoding="utf-8")
+    settings = load_settings(cfg)
+    configure(settings.daemon.log_level, settings.daemon.log_format)
+    from .app import open_store
+
+    store = open_store(settings)
+    store.upgrade()
+    assert settings.sources.queue_log is not None
+    player = TrafficPlayer(settings.sources.queue_log.path, calls_per_minute=calls_per_minute)
+    click.echo(f"demo folder: {root}\n"
+               f"traffic player appends to {settings.sources.queue_log.path}\n"
+               f"in another terminal, watch the queue:\n"
+               f"  .venv/bin/callbackd --config {cfg} callbacks list\n"
+               f"  .venv/bin/callbackd --config {cfg} callbacks claim --operator alice\n"
+               f"Ctrl-C stops.\n", err=True)
+    t = threading.Thread(target=player.run, kwargs={"duration": duration}, name="traffic-player", daemon=True)
+    t.start()
+    d = Daemon(settings, store=store)
+    if duration is not None:
+        threading.Timer(duration + 2, d.stop).start()
+    code = d.run()
+    player.stop()
+    t.join(timeout=5)
+    sys.exit(code)

@@ -1,0 +1,318 @@
+"""Settings: one TOML file, then CALLBACKD_* environment overrides; validated at start.
+
+A bad configuration fails before anything starts, naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from callback_queue.attempts import FAILURE_REASONS
+from callback_queue.errors import ConfigError
+
+ENV_PREFIX = "CALLBACKD_"
+DEFAULT_PATHS = (Path("/etc/callbackd/callbackd.toml"), Path("config/callbackd.toml"))
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'24h', '15m', '1h30m', '0.5s' or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration such as '24h', '15m' or '30s' is needed")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if not isinstance(value, str):
+        raise ValueError("a duration such as '24h', '15m' or '30s' is needed")
+    text = value.strip().lower().replace(" ", "")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise ValueError(f"{value!r} is not a duration such as '24h', '15m', '1h30m' or '30s'")
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration: 90 minutes -> '1h30m'."""
+    total = value.total_seconds()
+    if total != int(total):
+        return f"{total:g}s"
+    secs, out = int(total), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            out += f"{secs // size}{unit}"
+            secs %= size
+    return out or "0s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")]
+
+
+def _zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Asia/Shanghai')") from exc
+    return value
+
+
+Zone = Annotated[str, BeforeValidator(_zone)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DaemonSettings(_Section):
+    state_dir: Path = Path("/var/lib/callbackd")
+    timezone: Zone = "Asia/Shanghai"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    sweep_interval: Duration = timedelta(seconds=30)
+
+
+class StoreSettings(_Section):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in daemon.state_dir")
+    busy_timeout_ms: int = Field(default=30_000, ge=0)
+    pool_size: int = Field(default=5, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        import sqlalchemy as sa
+
+        try:
+            url = sa.engine.make_url(v)
+        except Exception as exc:  # noqa: BLE001 - report any parse failure as a config error
+            raise ValueError(f"not a database URL: {exc}") from exc
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"backend {url.get_backend_name()!r} is not supported (sqlite or postgresql)")
+        return v
+
+
+class DetectSettings(_Section):
+    threshold: int = Field(default=3, ge=1, le=100)
+    lookback: Duration = timedelta(hours=24)
+    min_wait_seconds: int = Field(default=5, ge=0)
+    default_region: str = "CN"
+    count_reasons: list[str] = Field(default_factory=lambda: list(FAILURE_REASONS))
+    ignore_numbers: list[str] = Field(default_factory=list)
+    ignore_patterns: list[str] = Field(default_factory=list)
+    internal_max_digits: int = Field(default=5, ge=0, le=15)
+
+    @field_validator("lookback")
+    @classmethod
+    def _lookback(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=1):
+            raise ValueError("lookback must be at least 1m")
+        return v
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers
+
+        v = v.upper()
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a region phonenumbers knows (two letters, e.g. 'CN', 'US')")
+        return v
+
+    @field_validator("count_reasons")
+    @classmethod
+    def _reasons(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(FAILURE_REASONS))
+        if unknown:
+            raise ValueError(f"unknown reasons {unknown}; known: {', '.join(FAILURE_REASONS)}")
+        return v
+
+    @field_validator("ignore_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"pattern {p!r} is not a regular expression: {exc}") from exc
+        return v
+
+
+class QueueSettings(_Section):
+    lease: Duration = timedelta(minutes=15)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_delays: dict[str, Duration] = Field(
+        default_factory=lambda: {"no-answer": timedelta(minutes=30), "busy": timedelta(minutes=10)}
+    )
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _outcomes(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
+        unknown = sorted(set(v) - {"no-answer", "busy"})
+        if unknown:
+            raise ValueError(f"retry delays can be set for 'no-answer' and 'busy', not {unknown}")
+        return v
+
+
+class QueueLogSource(_Section):
+    path: Path
+    system: str = Field(default="pbx", min_length=1, max_length=64)
+    poll_interval: Duration = timedelta(milliseconds=500)
+    start_at: Literal["beginning", "end"] = "beginning"
+    timezone: Zone | None = None
+
+
+class CdrSource(_Section):
+    path: Path
+    system: str = Field(default="pbx", min_length=1, max_length=64)
+    poll_interval: Duration = timedelta(seconds=1)
+    start_at: Literal["beginning", "end"] = "beginning"
+    timezone: Zone | None = Field(default=None, description="CDR times are local; default daemon.timezone")
+    layout: Literal["auto", "csv", "custom"] = "auto"
+    inbound_contexts: list[str] = Field(
+        default_factory=lambda: ["from-pstn", "from-trunk", "from-external", "from-did-direct"]
+    )
+    hotline_numbers: list[str] = Field(default_factory=list)
+
+
+class SourcesSettings(_Section):
+    queue_log: QueueLogSource | None = None
+    cdr: CdrSource | None = None
+
+
+class Settings(_Section):
+    daemon: DaemonSettings = DaemonSettings()
+    store: StoreSettings = StoreSettings()
+    detect: DetectSettings = DetectSettings()
+    queue: QueueSettings = QueueSettings()
+    sources: SourcesSettings = SourcesSettings()
+    #: where the settings came from (not a setting)
+    origin: str = Field(default="<defaults>", exclude=True)
+
+    @property
+    def store_url(self) -> str:
+        from callback_queue.store import default_sqlite_url
+
+        return self.store.url or default_sqlite_url(self.daemon.state_dir)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.daemon.timezone)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets replaced."""
+        from callback_queue.store import redact_url
+
+        data = self.model_dump(mode="json")
+        data["store"]["url"] = redact_url(self.store_url)
+        return data
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    for p in DEFAULT_PATHS:
+        if p.exists():
+            return p
+    return None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read the file (if any), apply CALLBACKD_SECTION__KEY overrides, validate."""
+    env = dict(os.environ if env is None else env)
+    cfg_path = find_config(path)
+    data: dict[str, Any] = {}
+    if cfg_path is not None:
+        try:
+            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {cfg_path} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {cfg_path} cannot be read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {cfg_path} is not valid TOML: {exc}") from exc
+    for key, raw in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG" or "__" not in key:
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{key}: {'.'.join(parts[:-1])} is not a table")
+            node = nxt
+        node[parts[-1]] = _env_value(raw)
+    base = cfg_path.parent if cfg_path is not None else Path.cwd()
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, cfg_path)) from None
+    return _resolve_paths(settings, base, str(cfg_path) if cfg_path else "<defaults>")
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _explain(exc: ValidationError, path: Path | None) -> str:
+    lines = [f"invalid configuration{f' in {path}' if path else ''}:"]
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        given = err.get("input")
+        shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {field}: {msg.removeprefix('Value error, ')}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(s: Settings, base: Path, origin: str) -> Settings:
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    daemon = s.daemon.model_copy(update={"state_dir": rel(s.daemon.state_dir)})
+    sources = s.sources
+    if sources.queue_log:
+        sources = sources.model_copy(update={"queue_log": sources.queue_log.model_copy(
+            update={"path": rel(sources.queue_log.path)})})
+    if sources.cdr:
+        sources = sources.model_copy(update={"cdr": sources.cdr.model_copy(update={"path": rel(sources.cdr.path)})})
+    store = s.store
+    if store.url and store.url.startswith("sqlite:///") and not store.url.startswith("sqlite:////"):
+        db = store.url.removeprefix("sqlite:///")
+        if db and db != ":memory:":
+            store = store.model_copy(update={"url": "sqlite:///" + str(rel(Path(db)))})
+    return s.model_copy(update={"daemon": daemon, "sources": sources, "store": store, "origin": origin})
