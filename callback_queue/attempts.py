@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Outcome(enum.StrEnum):
@@ -43,9 +44,8 @@ FAILURE_REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One inbound call as a source saw it.
+class Attempt(NamedTuple):
+    """One inbound call as a source saw it (a NamedTuple: imports create hundreds of thousands).
 
     `system` names the PBX or account the call id belongs to; (system, call_id)
     is the attempt's identity, shared by every source that sees the same call

@@ -117,9 +117,14 @@ def detect(
         current = Grow(open_episode.callback_id, 0, [])
         current_start = open_episode.episode_start_ts
     streak: list[AttemptView] = []
+    # a connect in the same second as the open episode's start only cancels it once one of
+    # the episode's failures has been walked past (ties are ordered by call id)
+    in_episode = False
     for a in attempts:
         if a.outcome is Outcome.CONNECTED:
-            if current is not None and current_start is not None and a.started_ts >= current_start:
+            if current is not None and current_start is not None and (
+                a.started_ts > current_start or (a.started_ts == current_start and in_episode)
+            ):
                 if isinstance(current, Open):
                     current.cancelled_by = a
                 else:
@@ -128,12 +133,14 @@ def detect(
                     actions.append(Cancel(current.callback_id, a))
                 current = None
                 current_start = None
+                in_episode = False
             streak = []
             continue
         if not counts(rules, a):
             continue
         if isinstance(current, Grow):
             if a.started_ts >= (current_start or 0):
+                in_episode = True
                 current.attempt_ids.append(a.id)
                 current.last_failed_ts = max(current.last_failed_ts, a.started_ts)
             continue
@@ -155,6 +162,7 @@ def detect(
                 trigger_call_id=a.call_id,
             )
             current_start = current.episode_start_ts
+            in_episode = True
             actions.append(current)
             streak = []
     if isinstance(current, Grow) and current.attempt_ids:

@@ -31,8 +31,7 @@ _OPEN = tuple(s.value for s in OPEN_STATES)
 _UPSERT = """
 INSERT INTO attempts (system, call_id, number, caller, started_ts, ended_ts, outcome, reason,
                       wait_seconds, queue, origin, rank)
-VALUES (:system, :call_id, :number, :caller, :started_ts, :ended_ts, :outcome, :reason,
-        :wait_seconds, :queue, :origin, :rank)
+VALUES ({values})
 ON CONFLICT (system, call_id) DO UPDATE SET
   number = CASE WHEN excluded.rank > attempts.rank THEN COALESCE(excluded.number, attempts.number)
                 ELSE COALESCE(attempts.number, excluded.number) END,
@@ -63,21 +62,30 @@ _TAKE = """(excluded.rank > attempts.rank OR (excluded.rank = attempts.rank AND 
   (excluded.outcome = 'connected' AND attempts.outcome <> 'connected') OR
   (excluded.outcome = attempts.outcome AND excluded.outcome = 'failed'
      AND COALESCE(excluded.ended_ts, 0) >= COALESCE(attempts.ended_ts, 0)))))"""
-UPSERT_ATTEMPT = sa.text(_UPSERT.format(take=_TAKE))
+COLUMNS = ("system", "call_id", "number", "caller", "started_ts", "ended_ts", "outcome", "reason",
+           "wait_seconds", "queue", "origin", "rank")
+_NUMBER, _STARTED, _ENDED = 2, 4, 5
+#: the upsert as driver SQL, per DBAPI paramstyle: executemany straight on the driver
+#: (SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself)
+UPSERT_SQL = {
+    style: _UPSERT.format(take=_TAKE, values=", ".join([mark] * len(COLUMNS)))
+    for style, mark in (("qmark", "?"), ("format", "%s"), ("pyformat", "%s"))
+}
 
 
-def _row(a: Attempt) -> dict[str, Any]:
-    return {
-        "system": a.system, "call_id": a.call_id, "number": a.number,
-        "caller": a.caller[:80] if a.caller else a.caller, "started_ts": a.started_ts,
-        "ended_ts": a.ended_ts, "outcome": a.outcome.value, "reason": a.reason,
-        "wait_seconds": a.wait_seconds, "queue": a.queue[:80] if a.queue else a.queue,
-        "origin": a.origin.value, "rank": a.origin.rank,
-    }
+def attempt_row(a: Attempt) -> tuple[Any, ...]:
+    caller, queue = a.caller, a.queue
+    return (a.system, a.call_id, a.number, caller[:80] if caller else caller, a.started_ts, a.ended_ts,
+            a.outcome.value, a.reason, a.wait_seconds, queue[:80] if queue else queue, a.origin.value,
+            a.origin.rank)
 
 
-def merge_rows(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def merge_rows(old_row: tuple[Any, ...], new_row: tuple[Any, ...]) -> tuple[Any, ...]:
     """In-batch twin of the SQL merge (a statement may not touch one row twice)."""
+    return tuple(_merge(dict(zip(COLUMNS, old_row, strict=True)), dict(zip(COLUMNS, new_row, strict=True))).values())
+
+
+def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     hi, lo = (new, old) if new["rank"] > old["rank"] else (old, new)
     out = dict(hi)
     out["number"] = hi["number"] or lo["number"]
@@ -132,15 +140,15 @@ class Ingestor:
     ) -> IngestResult:
         result = IngestResult()
         now = self.clock.now()
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        rows: dict[tuple[str, str], tuple[Any, ...]] = {}
         for a in attempts:
-            r = _row(a)
+            r = attempt_row(a)
             key = (a.system, a.call_id)
             prior = rows.get(key)
             rows[key] = r if prior is None else merge_rows(prior, r)
         with self.store.write() as conn:
             if rows:
-                conn.execute(UPSERT_ATTEMPT, list(rows.values()))
+                conn.exec_driver_sql(UPSERT_SQL[conn.dialect.paramstyle], list(rows.values()))
                 result.attempts = len(rows)
             if dead:
                 result.dead_letters = self._dead_letters(conn, dead, now)
@@ -163,13 +171,13 @@ class Ingestor:
         return len(values)
 
     # -- detection ----------------------------------------------------------------
-    def _detect(self, conn: Connection, rows: Iterable[dict[str, Any]], now: datetime, result: IngestResult) -> None:
+    def _detect(self, conn: Connection, rows: Iterable[tuple[Any, ...]], now: datetime, result: IngestResult) -> None:
         now_ts = int(now.timestamp())
         since = now_ts - self.rules.lookback_seconds
-        touched = {r["number"] for r in rows if r["number"]}
+        touched = {r[_NUMBER] for r in rows if r[_NUMBER]}
         if not touched:
             return
-        recent = {r["number"] for r in rows if r["number"] and (r["ended_ts"] or r["started_ts"]) >= since}
+        recent = {r[_NUMBER] for r in rows if r[_NUMBER] and (r[_ENDED] or r[_STARTED]) >= since}
         open_numbers = {n for (n,) in conn.execute(
             sa.select(t.callbacks.c.number).where(t.callbacks.c.state.in_(_OPEN)))}
         candidates = sorted(recent | (touched & open_numbers))

@@ -1,14 +1,22 @@
 """Caller numbers: E.164 normalization (phonenumbers), ignore rules and masking.
 
 phonenumbers.parse costs ~16 µs a number; a year of a mid-size hotline has
-~300,000 distinct callers, so the import would spend most of its time there.
-`Normalizer` therefore learns, per *shape* of an all-digit national number
-(its length and first four digits), what phonenumbers does to it — which
-country code it prepends and how many leading digits (the national prefix) it
-drops — and applies that rule to later numbers of the same shape. The rule is
-only learnt when phonenumbers' own result has exactly that form, and a shape
-whose numbers ever disagree is sent back to phonenumbers for good
-(`tests/unit/test_numbers.py` checks agreement on generated numbers).
+~300,000 distinct callers, so an import would spend most of its time there.
+`Normalizer` therefore works out, per *shape* of an all-digit national number
+(its length and first four digits), what phonenumbers does to numbers of that
+shape — which country code it prepends and how many leading digits (the
+national prefix) it drops — by asking it about two representatives of the
+shape (the prefix padded with 2s and with 5s). When both give the same simple
+rule, every number of that shape is normalized by it; otherwise that shape
+always goes through phonenumbers. The result depends only on the input, never
+on which numbers were seen first.
+
+Where the two differ: for valid numbers they agree (tests/unit/test_numbers.py
+checks generated valid numbers of several regions against phonenumbers). For
+some invalid inputs phonenumbers guesses an international call: it reads the
+Chinese IP-dialling prefix 179xx as an exit code, so "17978008443" becomes
+"+8443"; the shape rule keeps it as "+8617978008443", the number the caller
+actually presented.
 """
 
 from __future__ import annotations
@@ -46,11 +54,18 @@ class Normalizer:
         self._ignore_res = [re.compile(p) for p in rules.ignore_patterns]
         self._cache: dict[str, str | None] = {}
         self._shapes: dict[tuple[int, str], tuple[str, int] | None] = {}
-        self._shape_checks: dict[tuple[int, str], int] = {}
 
     def normalize(self, raw: str | None) -> str | None:
         if raw is None:
             return None
+        if raw.isdigit() and raw not in self._ignore and not self._ignore_res:
+            # the common case: a national number as the PBX logs it
+            n = len(raw)
+            if n <= self.rules.internal_max_digits:
+                return None
+            rule = self._rule(n, raw[:4])
+            if rule is not None:
+                return f"+{rule[0]}{raw[rule[1]:]}"
         hit = self._cache.get(raw, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
@@ -72,9 +87,22 @@ class Normalizer:
         digits = _CLEAN.sub("", value).lstrip("+")
         if digits.isdigit() and len(digits) <= self.rules.internal_max_digits:
             return "internal"
-        if self._parse(value) is None:
+        if self.normalize(value) is None:
             return "unparseable"
         return None
+
+    def _rule(self, length: int, head: str) -> tuple[str, int] | None:
+        key = (length, head)
+        rule = self._shapes.get(key, _MISS)
+        if rule is _MISS:
+            rule = None
+            if length > len(head):
+                reps = [head + d * (length - len(head)) for d in "25"]
+                rules = {_learn(r, self._parse(r)) for r in reps}
+                if len(rules) == 1:
+                    rule = rules.pop()
+            self._shapes[key] = rule
+        return rule  # type: ignore[return-value]
 
     def _normalize(self, raw: str) -> str | None:
         value = raw.strip()
@@ -89,25 +117,10 @@ class Normalizer:
             return None
         if compact.startswith("+") or compact.startswith("00"):
             return self._parse(compact)
-        key = (len(digits), digits[:4])
-        rule = self._shapes.get(key, _MISS)
-        if rule is _MISS:
-            result = self._parse(digits)
-            self._shapes[key] = _learn(digits, result)
-            return result
-        if rule is None:
-            return self._parse(digits)
-        cc, drop = rule  # type: ignore[misc]
-        fast = f"+{cc}{digits[drop:]}"
-        # keep checking a shape now and then; a disagreement retires its rule
-        n = self._shape_checks.get(key, 0) + 1
-        self._shape_checks[key] = n
-        if n & (n - 1) == 0:  # 1, 2, 4, 8, ... : a logarithmic number of checks
-            slow = self._parse(digits)
-            if slow != fast:
-                self._shapes[key] = None
-                return slow
-        return fast
+        rule = self._rule(len(digits), digits[:4])
+        if rule is not None:
+            return f"+{rule[0]}{digits[rule[1]:]}"
+        return self._parse(digits)
 
     def _parse(self, value: str) -> str | None:
         try:

@@ -82,7 +82,12 @@ class CallbackQueue:
         if states:
             q = q.where(cb.c.state.in_(states))
         if due:
-            q = q.where(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= self.clock.now())
+            now = self.clock.now()
+            q = q.where(sa.or_(
+                sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now),
+                # a claim whose lease ran out is handed out again by the next claim
+                sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now),
+            ))
         if number:
             q = q.where(cb.c.number == number)
         if limit is not None:
@@ -221,15 +226,17 @@ class CallbackQueue:
             sa.select(cb).where(cb.c.state == State.DIALING.value, cb.c.lease_until < now)
         ).all()
         expired = [Callback.from_row(r) for r in rows]
+        swept = []
         for c in expired:
             back = _pre_claim_state(c)
             n = conn.execute(sa.update(cb).where(cb.c.id == c.id, cb.c.state == State.DIALING.value,
                                                  cb.c.lease_until < now)
                              .values(state=back.value, claimed_by=None, lease_until=None, updated_at=now)).rowcount
             if n:
+                swept.append(c.id)
                 conn.execute(t.callback_events.insert(), [_ev(c.id, now, "sweeper", "lease-expired", State.DIALING,
                                                               back, {"claimed_by": c.claimed_by})])
-        return [c.id for c in expired]
+        return swept
 
     def _one(self, conn: Connection, callback_id: int) -> Callback:
         row = conn.execute(sa.select(cb).where(cb.c.id == callback_id)).first()

@@ -72,6 +72,9 @@ def _store(obj: Ctx, require_current: bool = True) -> Any:
     from .app import open_store
 
     store = open_store(obj.settings)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(store.dispose)
     if require_current:
         store.require_current()
     return store
@@ -267,6 +270,3 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import copy
 import gzip
+import itertools
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from callback_queue.attempts import Attempt, DeadLetter
 from callback_queue.ingest import CursorWrite, Ingestor, IngestResult, load_cursor
 
 from .tail import FileTail, TailPosition
-
-
-class LineParser(Protocol):
-    source: str
-
-    def feed(self, line: bytes, position: str) -> Attempt | DeadLetter | None: ...
 
 
 @dataclass(slots=True)
@@ -42,18 +39,30 @@ class Stats:
         self.cancelled += len(r.cancelled)
 
 
-def _parse(parser: LineParser, items: list[tuple[bytes, str]]) -> tuple[list[Attempt], list[DeadLetter]]:
-    attempts: list[Attempt] = []
+def parse_lines(parser: Any, lines: list[bytes], positions: Callable[[], list[str]]
+                ) -> tuple[list[Attempt], list[DeadLetter]]:
+    """Feed lines to a parser; dead letters get "<path>:<byte offset>" as their position.
+
+    `positions` is only called when a line is rejected (computing every line's
+    position up front cost more than parsing the good ones).
+    """
+    if hasattr(parser, "feed_many"):
+        attempts, rejected = parser.feed_many(lines)
+    else:
+        attempts, rejected = [], []
+        feed = parser.feed
+        for i, data in enumerate(lines):
+            r = feed(data, "")
+            if r is None:
+                continue
+            if type(r) is Attempt:
+                attempts.append(r)
+            else:
+                rejected.append((i, r))
     dead: list[DeadLetter] = []
-    feed = parser.feed
-    for data, position in items:
-        r = feed(data, position)
-        if r is None:
-            continue
-        if type(r) is Attempt:
-            attempts.append(r)
-        else:
-            dead.append(r)  # type: ignore[arg-type]
+    if rejected:
+        where = positions()
+        dead = [DeadLetter(d.source, where[i], d.raw, d.reason) for i, d in rejected]
     return attempts, dead
 
 
@@ -63,11 +72,10 @@ def _open(path: Path) -> Any:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def read_chunks(path: Path, chunk_bytes: int = 4 << 20) -> Iterator[tuple[list[tuple[bytes, str]], int]]:
-    """(lines with their positions, bytes consumed) in chunks; a last line without newline counts."""
+def read_chunks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[list[bytes], int]]:
+    """(lines, byte offset of the first) in chunks; a last line without newline counts too."""
     offset = 0
     rest = b""
-    name = str(path)
     with _open(path) as f:
         while True:
             block = f.read(chunk_bytes)
@@ -78,31 +86,68 @@ def read_chunks(path: Path, chunk_bytes: int = 4 << 20) -> Iterator[tuple[list[t
             if cut < 0:
                 rest = data
                 continue
-            body, rest = data[: cut + 1], data[cut + 1:]
-            items = []
-            pos = offset
-            for line in body.split(b"\n")[:-1]:
-                items.append((line, f"{name}:{pos}"))
-                pos += len(line) + 1
-            offset = pos
-            yield items, len(body)
+            body, rest = data[:cut], data[cut + 1:]
+            yield body.split(b"\n"), offset
+            offset += cut + 1
         if rest:
-            yield [(rest, f"{name}:{offset}")], len(rest)
+            yield [rest], offset
 
 
-def import_file(path: Path, parser: LineParser, ingestor: Ingestor, *, chunk_bytes: int = 4 << 20,
+def _positions(path: str, lines: list[bytes], base: int) -> Callable[[], list[str]]:
+    def compute() -> list[str]:
+        offsets = itertools.accumulate((len(x) + 1 for x in lines[:-1]), initial=base)
+        return [f"{path}:{o}" for o in offsets]
+
+    return compute
+
+
+def import_file(path: Path, parser: Any, ingestor: Ingestor, *, chunk_bytes: int = 16 << 20,
                 progress: Callable[[int], None] | None = None) -> Stats:
-    """Backfill one file. Safe to repeat: attempts and dead letters are stored once."""
+    """Backfill one file. Safe to repeat: attempts and dead letters are stored once.
+
+    Parsing and storing overlap: a writer thread commits one chunk while the
+    next is parsed (SQLite and the PostgreSQL driver release the GIL while
+    they work). Chunks are committed in file order.
+    """
     stats = Stats()
-    for items, consumed in read_chunks(path, chunk_bytes):
-        attempts, dead = _parse(parser, items)
-        stats.lines += len(items)
-        stats.attempts += len(attempts)
-        stats.dead_letters += len(dead)
-        stats.bytes += consumed
-        stats.add(ingestor.ingest(attempts, dead))
-        if progress is not None:
-            progress(consumed)
+    todo: queue.Queue[Any] = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        while True:
+            item = todo.get()
+            if item is None:
+                return
+            if failure:
+                continue
+            attempts, dead, size = item
+            try:
+                stats.add(ingestor.ingest(attempts, dead))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                failure.append(exc)
+                continue
+            if progress is not None:
+                progress(size)
+
+    thread = threading.Thread(target=writer, name=f"import-writer:{path.name}", daemon=True)
+    thread.start()
+    name = str(path)
+    try:
+        for lines, base in read_chunks(path, chunk_bytes):
+            if failure:
+                break
+            attempts, dead = parse_lines(parser, lines, _positions(name, lines, base))
+            size = sum(map(len, lines)) + len(lines)
+            stats.lines += len(lines)
+            stats.attempts += len(attempts)
+            stats.dead_letters += len(dead)
+            stats.bytes += size
+            todo.put((attempts, dead, size))
+    finally:
+        todo.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
     return stats
 
 
@@ -145,7 +190,9 @@ class TailRunner:
                     self.log.info("source.note", source=self.name, note=note)
             if not lines and pos == self._committed:
                 break
-            attempts, dead = _parse(self.parser, [(ln.data, f"{ln.path}:{ln.offset}") for ln in lines])
+            data = [ln.data for ln in lines]
+            attempts, dead = parse_lines(self.parser, data,
+                                         lambda lines=lines: [f"{ln.path}:{ln.offset}" for ln in lines])
             cursor = CursorWrite(self.name, pos.path, pos.device, pos.inode, pos.offset, pos.head, self._state())
             try:
                 result = self.ingestor.ingest(attempts, dead, cursor)

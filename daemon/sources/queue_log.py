@@ -29,8 +29,21 @@ FAILURE_VERBS = {
     "WITHDRAW": "withdraw",
     "SYSCOMPAT": "syscompat",
 }
-#: where the wait time sits (0-based data index) in each failure verb, by field count
-_WAIT_INDEX = {"ABANDON": 2, "EXITEMPTY": 2, "EXITWITHTIMEOUT": 2, "EXITWITHKEY": 3, "WITHDRAW": 2}
+#: where the wait (hold) time sits, 0-based data index
+_WAIT_INDEX = {"CONNECT": 0, "ABANDON": 2, "EXITEMPTY": 2, "EXITWITHTIMEOUT": 2, "EXITWITHKEY": 3,
+               "WITHDRAW": 2}
+#: verb -> (fewest data fields, most data fields, indexes that must be numbers), 1.4 -> 22
+_SHAPES = {
+    "CONNECT": (2, 3, (0, 2)),          # holdtime|bridged-uniqueid[|ringtime]
+    "ABANDON": (3, 3, (0, 1, 2)),       # position|origposition|waittime
+    "EXITEMPTY": (3, 3, (0, 1, 2)),
+    "EXITWITHTIMEOUT": (1, 3, (0, 1, 2)),  # 1.4: position only
+    "EXITWITHKEY": (2, 4, (1, 2, 3)),   # key|position[|origposition|waittime]
+    "WITHDRAW": (3, 4, (0, 1, 2)),      # position|origposition|waittime[|info]
+    "SYSCOMPAT": (0, 3, ()),
+}
+_CONNECTED, _FAILED, _ORIGIN = Outcome.CONNECTED, Outcome.FAILED, Origin.QUEUE_LOG
+_FAST_CLOSE = frozenset({"CONNECT", "ABANDON", "EXITWITHTIMEOUT"})
 _PSEUDO_CALLIDS = frozenset({"NONE", "MANAGER", "CLI", "REALTIME", "AUTO"})
 _KNOWN_OTHER = frozenset({
     "COMPLETECALLER", "COMPLETEAGENT", "TRANSFER", "BLINDTRANSFER", "ATTENDEDTRANSFER",
@@ -69,11 +82,75 @@ class QueueLogParser:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            text = line.decode("utf-8", "surrogateescape")
-            bad_at = exc.start
-        else:
-            bad_at = -1
-        text = text.rstrip("\r\n")
+            return self._feed_odd_bytes(line, position, exc.start)
+        return self._feed_text(text, line, position)
+
+    def feed_many(self, lines: list[bytes]) -> tuple[list[Attempt], list[tuple[int, DeadLetter]]]:
+        """A batch of lines: (attempts, [(index in lines, dead letter)]).
+
+        The usual shapes of ENTERQUEUE, CONNECT, ABANDON and EXITWITHTIMEOUT are
+        handled inline (this loop is most of an import's time); anything else
+        goes through `feed`, which decides alone what is malformed. Both give
+        the same results (tests/unit/test_queue_log.py checks that).
+        """
+        attempts: list[Attempt] = []
+        dead: list[tuple[int, DeadLetter]] = []
+        pending = self.pending
+        pseudo = _PSEUDO_CALLIDS
+        normalize = self.normalizer.normalize
+        system = self.system
+        slow = self.feed
+        for i, line in enumerate(lines):
+            try:
+                f = line.decode("utf-8").split("|")
+            except UnicodeDecodeError:
+                f = ()  # type: ignore[assignment]
+            if len(f) == 8 and f[0].isdigit():
+                verb = f[4]
+                callid = f[1]
+                if verb == "ENTERQUEUE":
+                    if callid and callid not in pseudo and (not f[7] or f[7].isdigit()):
+                        prior = pending.get(callid)
+                        if prior is None and len(pending) < MAX_PENDING:
+                            pending[callid] = [int(f[0]), f[6], f[2]]
+                            continue
+                elif verb in _FAST_CLOSE and callid and callid not in pseudo:
+                    d0, d1, d2 = f[5], f[6], f[7]
+                    if d0.isdigit() and d2.isdigit() and (verb == "CONNECT" or d1.isdigit()):
+                        ts = int(f[0])
+                        visit = pending.pop(callid, None)
+                        wait = int(d0) if verb == "CONNECT" else int(d2)
+                        if visit is None:
+                            enter_ts, caller, queue = ts - wait, None, f[2]
+                        else:
+                            enter_ts, caller, queue = visit
+                        connected = verb == "CONNECT"
+                        attempts.append(Attempt(
+                            system, callid, caller or None, normalize(caller) if caller else None,
+                            enter_ts, ts, _CONNECTED if connected else _FAILED,
+                            "connect" if connected else FAILURE_VERBS[verb], wait, queue or None, _ORIGIN,
+                        ))
+                        continue
+            r = slow(line, "")
+            if r is None:
+                continue
+            if type(r) is Attempt:
+                attempts.append(r)
+            else:
+                dead.append((i, r))  # type: ignore[arg-type]
+        return attempts, dead
+
+    def _feed_odd_bytes(self, line: bytes, position: str, bad_at: int) -> Attempt | DeadLetter | None:
+        f = line.decode("utf-8", "surrogateescape").rstrip("\r\n").split("|")
+        # only a caller-ID *name* (ENTERQUEUE data4, 20.14+/22.4+) may carry odd bytes
+        if len(f) >= 9 and f[4] == "ENTERQUEUE" and not any(map(_has_surrogate, f[:8])):
+            name = f[8].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            return self._feed_text("|".join([*f[:8], name, *f[9:]]), line, position)
+        return DeadLetter(self.source, position, line, f"invalid UTF-8 at byte {bad_at}")
+
+    def _feed_text(self, text: str, line: bytes, position: str) -> Attempt | DeadLetter | None:
+        if text.endswith("\r"):
+            text = text.rstrip("\r")
         f = text.split("|")
         if len(f) < 5:
             if not text.strip():
@@ -81,17 +158,12 @@ class QueueLogParser:
             return DeadLetter(self.source, position, line,
                               f"queue_log line has {len(f)} fields; at least 5 expected "
                               "(time|callid|queue|agent|event)")
-        ts = self._time(f[0])
+        t = f[0]
+        ts = int(t) if t.isdigit() else self._time(t)
         if ts is None:
-            return DeadLetter(self.source, position, line, f"time field {f[0][:40]!r} is not an epoch "
+            return DeadLetter(self.source, position, line, f"time field {t[:40]!r} is not an epoch "
                               "or a 'YYYY-MM-DD HH:MM:SS' time")
         verb = f[4]
-        if not verb.isascii() or not verb.replace("_", "").isalnum() or not verb.isupper():
-            return DeadLetter(self.source, position, line, f"event {verb[:40]!r} is not a queue_log verb")
-        if bad_at >= 0 and (verb != "ENTERQUEUE" or any(map(_has_surrogate, f[:8]))):
-            # only a caller-ID *name* (ENTERQUEUE data4, 20.14+/22.4+) may carry odd bytes
-            return DeadLetter(self.source, position, line, f"invalid UTF-8 at byte {bad_at}")
-        callid = f[1]
         if verb == "ENTERQUEUE":
             return self._enter(f, ts, line, position)
         if verb == "CONNECT":
@@ -99,9 +171,13 @@ class QueueLogParser:
         reason = FAILURE_VERBS.get(verb)
         if reason is not None:
             return self._close(f, ts, line, position, reason)
-        if verb not in _KNOWN_OTHER:
-            self.unknown_verbs[verb] = self.unknown_verbs.get(verb, 0) + 1
-        if not callid:
+        if verb in _KNOWN_OTHER:
+            return None
+        if not verb.isascii() or not verb.replace("_", "").isalnum() or not verb.isupper():
+            return DeadLetter(self.source, position, line, f"event {verb[:40]!r} is not a queue_log verb")
+        # a vendor verb (FORMATS.md a.2): tolerated, counted
+        self.unknown_verbs[verb] = self.unknown_verbs.get(verb, 0) + 1
+        if not f[1]:
             return DeadLetter(self.source, position, line, "empty callid")
         return None
 
@@ -110,61 +186,61 @@ class QueueLogParser:
         callid = f[1]
         if not callid or callid in _PSEUDO_CALLIDS:
             return DeadLetter(self.source, position, line, f"ENTERQUEUE with callid {callid!r}")
-        if len(f) < 7:
+        n = len(f) - 5
+        if n < 2 or n > 4 + (f[-1] == ""):
             return DeadLetter(self.source, position, line,
-                              "ENTERQUEUE without its callerid field (data2)")
-        if len(self.pending) >= MAX_PENDING:
-            # a visit whose end never came (a PBX crash): forget the oldest
-            self.pending.pop(next(iter(self.pending)))
-        prior = self.pending.get(callid)
-        # an overflow into another queue keeps the call's first entry time
-        self.pending[callid] = [ts if prior is None else prior[0], f[6] or (prior[1] if prior else ""), f[2]]
+                              f"ENTERQUEUE has {n} data fields; 2 to 4 expected (url|callerid|position|name)")
+        if n >= 3 and f[7] and not f[7].isdigit():
+            return DeadLetter(self.source, position, line, f"ENTERQUEUE position {f[7][:20]!r} is not a number")
+        pending = self.pending
+        prior = pending.get(callid)
+        if prior is None:
+            if len(pending) >= MAX_PENDING:
+                # a visit whose end never came (a PBX crash): forget the oldest
+                pending.pop(next(iter(pending)))
+            pending[callid] = [ts, f[6], f[2]]
+        else:
+            # an overflow into another queue keeps the call's first entry time
+            pending[callid] = [prior[0], f[6] or prior[1], f[2]]
         return None
 
     def _close(self, f: list[str], ts: int, line: bytes, position: str, reason: str) -> Attempt | DeadLetter:
         callid = f[1]
+        verb = f[4]
         if not callid or callid in _PSEUDO_CALLIDS:
-            return DeadLetter(self.source, position, line, f"{f[4]} with callid {callid!r}")
+            return DeadLetter(self.source, position, line, f"{verb} with callid {callid!r}")
         data = f[5:]
-        wait: int | None
-        if reason == "connect":
-            wait = _int(data[0]) if data else None
-            if data and data[0] and wait is None:
-                return DeadLetter(self.source, position, line, f"CONNECT holdtime {data[0][:20]!r} is not a number")
-        else:
-            for i, d in enumerate(data[:3]):
-                if d and _int(d) is None and not (f[4] in ("EXITWITHKEY", "WITHDRAW") and i in (0, 3)):
-                    return DeadLetter(self.source, position, line,
-                                      f"{f[4]} field data{i + 1} {d[:20]!r} is not a number")
-            idx = _WAIT_INDEX.get(f[4])
-            wait = _int(data[idx]) if idx is not None and len(data) > idx else None
+        lo, hi, numeric = _SHAPES[verb]
+        n = len(data)
+        if n and data[-1] == "" and n > hi:
+            n -= 1  # a trailing "|"
+        if n < lo or n > hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            return DeadLetter(self.source, position, line, f"{verb} has {n} data fields; {want} expected")
+        for i in numeric:
+            if i < n and not data[i].isdigit():
+                return DeadLetter(self.source, position, line,
+                                  f"{verb} field data{i + 1} {data[i][:20]!r} is not a number")
+        idx = _WAIT_INDEX.get(verb)
+        wait = int(data[idx]) if idx is not None and idx < n else None
         visit = self.pending.pop(callid, None)
         if visit is None:
             # the visit began before this file (or before we started): caller unknown for now;
             # the CDR of the same call (same uniqueid) can supply it
             enter_ts, caller, queue = ts - (wait or 0), None, f[2]
         else:
-            enter_ts, caller, queue = visit[0], visit[1] or None, visit[2]
-        if wait is None and visit is not None:
-            wait = max(0, ts - enter_ts)
-        connected = reason == "connect"
+            enter_ts, caller, queue = visit
+            if wait is None:
+                wait = ts - enter_ts if ts > enter_ts else 0
         return Attempt(
-            system=self.system,
-            call_id=callid,
-            caller=caller,
-            number=self.normalizer.normalize(caller) if caller else None,
-            started_ts=enter_ts,
-            ended_ts=ts,
-            outcome=Outcome.CONNECTED if connected else Outcome.FAILED,
-            reason=reason,
-            wait_seconds=wait,
-            queue=queue or None,
-            origin=Origin.QUEUE_LOG,
+            self.system, callid, caller or None,
+            self.normalizer.normalize(caller) if caller else None,
+            enter_ts, ts,
+            _CONNECTED if reason == "connect" else _FAILED,
+            reason, wait, queue or None, _ORIGIN,
         )
 
     def _time(self, value: str) -> int | None:
-        if value.isdigit():
-            return int(value)
         try:
             if "." in value and value.replace(".", "", 1).isdigit():
                 return int(float(value))
@@ -176,15 +252,6 @@ class QueueLogParser:
                 return None
             dt = dt.replace(tzinfo=self.tz)
         return int(dt.timestamp())
-
-
-def _int(value: str) -> int | None:
-    value = value.strip()
-    if value.isdigit():
-        return int(value)
-    if value.startswith("-") and value[1:].isdigit():
-        return int(value)
-    return None
 
 
 def _has_surrogate(value: str) -> bool:

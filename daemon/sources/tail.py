@@ -115,8 +115,10 @@ class _Open:
 
     __slots__ = ("fd", "dev", "ino", "path", "offset", "head")
 
-    def __init__(self, fd: int, st: os.stat_result, path: str, offset: int = 0, head: str | None = None) -> None:
-        self.fd, self.dev, self.ino, self.path, self.offset, self.head = fd, st.st_dev, st.st_ino, path, offset, head
+    def __init__(self, fd: int, st: os.stat_result, path: str, offset: int = 0,
+                 head: str | None = None) -> None:
+        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        self.path, self.offset, self.head = path, offset, head
 
 
 def _open(path: str) -> tuple[int, os.stat_result] | str:
@@ -174,11 +176,11 @@ class FileTail:
             raise ValueError("max_bytes must be positive")
         notes: list[str] = []
         lines: list[Line] = []
-        if self._pending is not None and not self._resume(notes):
-            return lines, self.position, notes
-        self._discover(notes)
         budget = max_bytes
         try:
+            if self._pending is not None and not self._resume(notes):
+                return lines, self.position, notes
+            self._discover(notes)
             while self._files:
                 f = self._files[0]
                 # look at the newer files BEFORE draining: data there means the writer left f for good
@@ -229,7 +231,12 @@ class FileTail:
                 return False
             fd, st = r
             n = _parse_head(pos.head) if pos.head else None
-            if pos.offset <= st.st_size and (n is None or _head(fd, n) == pos.head):
+            try:
+                same = pos.offset <= st.st_size and (n is None or _head(fd, n) == pos.head)
+            except OSError:
+                os.close(fd)
+                raise
+            if same:
                 self._files.append(_Open(fd, st, p, pos.offset, pos.head))
                 if p != self._path:
                     notes.append(f"resuming rotated file {p} at offset {pos.offset}, then {self._path}")
@@ -239,6 +246,9 @@ class FileTail:
                 notes.append(f"{p} was truncated or replaced while we were down: restarting at 0")
                 break
         else:
+            if not os.path.exists(self._path):  # e.g. not mounted yet: keep the saved position meanwhile
+                self._note(notes, "path", f"waiting for {self._path} to appear")
+                return False
             notes.append(f"the saved position's file is gone (rotated or replaced while we were down): "
                          f"reading {self._path} from 0")
         self._pending = None
@@ -272,8 +282,12 @@ class FileTail:
         self._sticky.pop("path", None)
         f = _Open(fd, st, self._path)
         if self._start_at_end:
+            try:
+                f.offset = _after_last_newline(fd, st.st_size)
+            except OSError:
+                os.close(fd)
+                raise
             self._start_at_end = False
-            f.offset = _after_last_newline(fd, st.st_size)
             notes.append(f"starting at the end of {self._path} (offset {f.offset})")
         if len(self._files) >= MAX_OPEN:  # pathological: many rotations of files that stayed empty
             os.close(self._files.pop(1).fd)
@@ -294,24 +308,28 @@ class FileTail:
 
     def _drain(self, f: _Open, lines: list[Line], budget: int) -> tuple[int, bool]:
         """Append f's complete lines from f.offset, about ``budget`` bytes; (budget left, reached EOF)."""
-        fd, path, pos, carry = f.fd, f.path, f.offset, b""
+        fd, path, pos = f.fd, f.path, f.offset
+        pieces: list[bytes] = []  # a partial line read so far, kept in pieces: long lines stay linear
+        plen = 0
         while True:
-            room = budget - len(carry)
-            if room <= 0:
-                if lines:
-                    return budget, False
-                room = CHUNK  # one line longer than max_bytes: finish it anyway
-            want = min(CHUNK, room)
-            data = os.pread(fd, want, pos + len(carry))
-            buf = carry + data if carry else data
-            cut = buf.rfind(b"\n")
+            room = budget - plen
+            over = room <= 0
+            if over and lines:
+                return budget, False
+            want = CHUNK if over else min(CHUNK, room)  # over: one line longer than max_bytes, finish it
+            data = os.pread(fd, want, pos + plen)
+            cut = data.find(b"\n") if over else data.rfind(b"\n")
             if cut >= 0:
-                lines += _make_lines(buf[:cut].split(b"\n"), pos, path)
-                pos = f.offset = pos + cut + 1
-                budget -= cut + 1
-                carry = buf[cut + 1:]
-            else:
-                carry = buf
+                body = b"".join([*pieces, data[:cut]]) if pieces else data[:cut]
+                lines += _make_lines(body.split(b"\n"), pos, path)
+                pos = f.offset = pos + plen + cut + 1
+                budget -= plen + cut + 1
+                if over:
+                    return budget, False
+                pieces, plen = [data[cut + 1:]], len(data) - cut - 1
+            elif data:
+                pieces.append(data)
+                plen += len(data)
             if len(data) < want:
                 return budget, True
 
