@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import schema as t
-from .attempts import Attempt, DeadLetter, Outcome
+from .attempts import Attempt, DeadLetter, Origin, Outcome
 from .callbacks import OPEN_STATES, State
 from .clock import Clock, utc_from_ts
 from .detection import AttemptView, Cancel, DetectRules, Grow, Open, OpenEpisode, detect
@@ -29,7 +29,7 @@ _OPEN = tuple(s.value for s in OPEN_STATES)
 # Same merge rules as `merge_attempts` below; a higher rank (queue_log, AMI) is the
 # authority over CDR; at equal rank a call is connected if any visit connected.
 _UPSERT = """
-INSERT INTO attempts (system, call_id, number, caller, started_ts, ended_ts, outcome, reason,
+INSERT INTO attempts (system, call_id, caller, number, started_ts, ended_ts, outcome, reason,
                       wait_seconds, queue, origin, rank)
 VALUES ({values})
 ON CONFLICT (system, call_id) DO UPDATE SET
@@ -62,9 +62,10 @@ _TAKE = """(excluded.rank > attempts.rank OR (excluded.rank = attempts.rank AND 
   (excluded.outcome = 'connected' AND attempts.outcome <> 'connected') OR
   (excluded.outcome = attempts.outcome AND excluded.outcome = 'failed'
      AND COALESCE(excluded.ended_ts, 0) >= COALESCE(attempts.ended_ts, 0)))))"""
-COLUMNS = ("system", "call_id", "number", "caller", "started_ts", "ended_ts", "outcome", "reason",
+#: Attempt's own field order, plus rank
+COLUMNS = ("system", "call_id", "caller", "number", "started_ts", "ended_ts", "outcome", "reason",
            "wait_seconds", "queue", "origin", "rank")
-_NUMBER, _STARTED, _ENDED = 2, 4, 5
+_NUMBER, _STARTED, _ENDED = 3, 4, 5
 #: the upsert as driver SQL, per DBAPI paramstyle: executemany straight on the driver
 #: (SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself)
 UPSERT_SQL = {
@@ -74,10 +75,17 @@ UPSERT_SQL = {
 
 
 def attempt_row(a: Attempt) -> tuple[Any, ...]:
+    """Plain values for any driver (PostgreSQL enforces the column widths)."""
     caller, queue = a.caller, a.queue
-    return (a.system, a.call_id, a.number, caller[:80] if caller else caller, a.started_ts, a.ended_ts,
+    return (a.system, a.call_id, caller[:80] if caller else caller, a.number, a.started_ts, a.ended_ts,
             a.outcome.value, a.reason, a.wait_seconds, queue[:80] if queue else queue, a.origin.value,
             a.origin.rank)
+
+
+def _sqlite_row(a: Attempt) -> tuple[Any, ...]:
+    # sqlite3 binds the StrEnum members as their text; SQLite does not enforce widths.
+    # (Origin.rank hashes the enum member in Python: an identity test is ten times cheaper)
+    return (*a, 1 if a[10] is Origin.CDR else 2)
 
 
 def merge_rows(old_row: tuple[Any, ...], new_row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -141,9 +149,10 @@ class Ingestor:
         result = IngestResult()
         now = self.clock.now()
         rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+        to_row = _sqlite_row if self.store.is_sqlite else attempt_row
         for a in attempts:
-            r = attempt_row(a)
-            key = (a.system, a.call_id)
+            r = to_row(a)
+            key = (a[0], a[1])
             prior = rows.get(key)
             rows[key] = r if prior is None else merge_rows(prior, r)
         with self.store.write() as conn:

@@ -63,9 +63,11 @@ class Normalizer:
             n = len(raw)
             if n <= self.rules.internal_max_digits:
                 return None
-            rule = self._rule(n, raw[:4])
+            rule = self._shapes.get((n, raw[:4]), _MISS)
+            if rule is _MISS:
+                rule = self._rule(n, raw[:4])
             if rule is not None:
-                return f"+{rule[0]}{raw[rule[1]:]}"
+                return f"+{rule[0]}{raw[rule[1]:]}"  # type: ignore[index]
         hit = self._cache.get(raw, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]

@@ -100,36 +100,41 @@ class QueueLogParser:
         normalize = self.normalizer.normalize
         system = self.system
         slow = self.feed
+        known = _KNOWN_OTHER
+        make = tuple.__new__
         for i, line in enumerate(lines):
             try:
                 f = line.decode("utf-8").split("|")
             except UnicodeDecodeError:
                 f = ()  # type: ignore[assignment]
-            if len(f) == 8 and f[0].isdigit():
+            if len(f) >= 5 and f[0].isdigit():
                 verb = f[4]
+                if verb in known:
+                    continue
                 callid = f[1]
-                if verb == "ENTERQUEUE":
-                    if callid and callid not in pseudo and (not f[7] or f[7].isdigit()):
-                        prior = pending.get(callid)
-                        if prior is None and len(pending) < MAX_PENDING:
-                            pending[callid] = [int(f[0]), f[6], f[2]]
-                            continue
-                elif verb in _FAST_CLOSE and callid and callid not in pseudo:
+                if len(f) != 8 or not callid or callid in pseudo:
+                    pass
+                elif verb == "ENTERQUEUE":
+                    if (not f[7] or f[7].isdigit()) and callid not in pending and len(pending) < MAX_PENDING:
+                        pending[callid] = [int(f[0]), f[6], f[2]]
+                        continue
+                elif verb in _FAST_CLOSE:
                     d0, d1, d2 = f[5], f[6], f[7]
                     if d0.isdigit() and d2.isdigit() and (verb == "CONNECT" or d1.isdigit()):
                         ts = int(f[0])
                         visit = pending.pop(callid, None)
-                        wait = int(d0) if verb == "CONNECT" else int(d2)
+                        connected = verb == "CONNECT"
+                        wait = int(d0) if connected else int(d2)
                         if visit is None:
                             enter_ts, caller, queue = ts - wait, None, f[2]
                         else:
                             enter_ts, caller, queue = visit
-                        connected = verb == "CONNECT"
-                        attempts.append(Attempt(
+                        # tuple.__new__: a NamedTuple's own __new__ costs more than the parse
+                        attempts.append(make(Attempt, (
                             system, callid, caller or None, normalize(caller) if caller else None,
                             enter_ts, ts, _CONNECTED if connected else _FAILED,
                             "connect" if connected else FAILURE_VERBS[verb], wait, queue or None, _ORIGIN,
-                        ))
+                        )))
                         continue
             r = slow(line, "")
             if r is None:

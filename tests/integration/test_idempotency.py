@@ -187,32 +187,40 @@ def two_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
             admin.dispose()
 
 
-def big_queue_log(shared: Path, tmp_path: Path) -> Path:
-    """~160,000 lines (~11 MB: three 4-MB import chunks, so three commits), with some garbage lines.
+def rotated_queue_logs(shared: Path, tmp_path: Path, parts: int = 6) -> list[Path]:
+    """~160,000 generated lines (~11 MB) with some garbage, cut into `parts` rotated files.
+
+    `callbackd import` commits a file in 16-MB chunks, so one 11-MB file would be one commit; a set
+    of rotated logs imported in one run (oldest first, as an operator backfills them) commits at
+    least once per file, so a kill lands between commits or inside one.
 
     The subprocess runs on the real clock, and detection opens callbacks only for failures within the
-    lookback (24 h) of "now": with history that ends around today, the two runs (a minute apart) would
+    lookback (24 h) of "now": with history that ends around today, the two runs (seconds apart) would
     see the lookback edge at different attempts. So the generated days start tomorrow (Beijing date):
-    every attempt is within the lookback of both runs, which makes the whole outcome — callbacks,
-    links, events — a function of event time alone, and the dumps can be compared in full.
+    every attempt is within the lookback of both runs, which makes the whole outcome (callbacks,
+    links, events) a function of event time alone, and the dumps can be compared in full.
     """
     beijing_today = (datetime.now(UTC) + timedelta(hours=8)).date()
     out = tmp_path / "generated.queue_log"
     subprocess.run([sys.executable, str(shared / "bench" / "gen_queue_log.py"), "--calls-per-day", "3000",
                     "--days", "20", "--start", str(beijing_today + timedelta(days=1)), "--seed", "20261127",
                     "-o", str(out)], check=True, capture_output=True)
-    lines = out.read_bytes().split(b"\n")
+    lines = out.read_bytes().rstrip(b"\n").split(b"\n")
     rng = random.Random(7)
-    for i in range(40):  # dead letters too, spread over every chunk
+    for i in range(40):  # dead letters too, spread over every file
         lines.insert(rng.randrange(len(lines)), b"\xff garbage %d" % i if i % 2 else b"17957x|cut %d" % i)
-    path = tmp_path / "big.queue_log"
-    path.write_bytes(b"\n".join(lines))
-    return path
+    size = -(-len(lines) // parts)
+    paths = []
+    for k in range(parts):
+        path = tmp_path / f"queue_log.{parts - 1 - k}" if k < parts - 1 else tmp_path / "queue_log"
+        path.write_bytes(b"\n".join(lines[k * size:(k + 1) * size]) + b"\n")
+        paths.append(path)
+    return paths
 
 
-def cli(config: Path, log: Path) -> list[str]:
+def cli(config: Path, logs: list[Path]) -> list[str]:
     exe = Path(sys.executable).with_name("callbackd")
-    return [str(exe), "--config", str(config), "import", "queue-log", str(log)]
+    return [str(exe), "--config", str(config), "import", "queue-log", *map(str, logs)]
 
 
 def config_for(url: str, tmp_path: Path, name: str) -> Path:
@@ -235,39 +243,43 @@ def count(url: str, table: str) -> int:
 def test_sigkill_mid_import_then_again_equals_a_clean_import(two_databases: tuple[str, str], shared: Path,
                                                              tmp_path: Path) -> None:
     killed_url, clean_url = two_databases
-    log = big_queue_log(shared, tmp_path)
+    logs = rotated_queue_logs(shared, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLBACKD_")}  # the config file only
     killed_cfg, clean_cfg = config_for(killed_url, tmp_path, "killed"), config_for(clean_url, tmp_path, "clean")
+    errors = {name: tmp_path / f"{name}.stderr" for name in ("clean", "killed", "again")}
 
-    # the clean import runs alongside (another database); it is the reference
-    clean = subprocess.Popen(cli(clean_cfg, log), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = time.monotonic()
-    proc = subprocess.Popen(cli(killed_cfg, log), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        while count(killed_url, "attempts") == 0:
-            assert proc.poll() is None, f"the import ended before its first commit: {proc.communicate()}"
-            assert time.monotonic() - started < 120, "no attempts after 2 minutes"
-            time.sleep(0.02)
-        first_commit = time.monotonic() - started
-        # somewhere inside the next chunk: between commits, or in the middle of one
-        time.sleep(random.Random().uniform(0, 0.5) * first_commit)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    out, err = clean.communicate(timeout=300)
-    assert clean.returncode == 0, err.decode()
+    def run(name: str, cfg: Path) -> subprocess.Popen[bytes]:
+        with open(errors[name], "wb") as err:
+            return subprocess.Popen(cli(cfg, logs), env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+    # the reference: a clean import into the other database, running alongside
+    with run("clean", clean_cfg) as clean, run("killed", killed_cfg) as proc:
+        try:
+            started = time.monotonic()
+            while count(killed_url, "attempts") == 0:
+                assert proc.poll() is None, f"the import ended before its first commit: {errors['killed'].read_text()}"
+                assert time.monotonic() - started < 120, "no attempts after 2 minutes"
+                time.sleep(0.02)
+            first_commit = time.monotonic() - started
+            # somewhere in what follows: between two commits, or in the middle of one
+            time.sleep(random.Random().uniform(0, 0.5) * first_commit)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(30) == -signal.SIGKILL
+            assert clean.wait(300) == 0, errors["clean"].read_text()
+        except BaseException:
+            for p in (proc, clean):
+                if p.poll() is None:
+                    p.kill()
+            raise
     at_kill = count(killed_url, "attempts")
     total = count(clean_url, "attempts")
     assert 0 < at_kill < total, f"not killed mid-import: {at_kill} of {total} attempts were in"
 
-    again = subprocess.run(cli(killed_cfg, log), env=env, capture_output=True, timeout=300)
-    assert again.returncode == 0, again.stderr.decode()
+    with run("again", killed_cfg) as again:
+        assert again.wait(300) == 0, errors["again"].read_text()
 
     reference = dump(clean_url)
-    # not vacuous: thousands of attempts, dead letters in several chunks, callbacks opened and cancelled
+    # not vacuous: tens of thousands of attempts, dead letters in every file, callbacks opened and cancelled
     assert len(reference["attempts"]) > 50_000
     assert len(reference["dead_letters"]) == 40
     states = {r[2] for r in reference["callbacks"]}
