@@ -67,11 +67,24 @@ class Callback:
     closed_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    sla_due_at: datetime | None = None
+    sla_breached_at: datetime | None = None
+    window_start: datetime | None = None
+    dialer: str | None = None
+    dial_ref: str | None = None
+    dial_started_at: datetime | None = None
+    last_dial_at: datetime | None = None
+    outcome_counts: dict[str, int] | None = None
+    request_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Callback:
         m = row._mapping
-        return cls(**{f: (State(m[f]) if f == "state" else m[f]) for f in cls.__slots__})  # type: ignore[attr-defined]
+        values = {f: m[f] for f in cls.__slots__ if f in m}  # type: ignore[attr-defined]
+        values["state"] = State(values["state"])
+        if values.get("outcome_counts"):
+            values["outcome_counts"] = json.loads(values["outcome_counts"])
+        return cls(**values)
 
     def as_json(self, *, show_number: bool = True) -> dict[str, Any]:
         from .numbers import mask

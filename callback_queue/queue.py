@@ -20,6 +20,7 @@ from .callbacks import CLAIMABLE_STATES, OPEN_STATES, Callback, CloseOutcome, Ev
 from .clock import Clock
 from .errors import InvalidTransition, LeaseLost, NotFound
 from .ingest import _ev
+from .retry import DialOutcome, Retry, RetryPolicy
 from .store import Store
 
 _OPEN = tuple(s.value for s in OPEN_STATES)
@@ -32,17 +33,6 @@ ORDER = (cb.c.priority.desc(), cb.c.failures.desc(), cb.c.triggered_at.asc(), cb
 
 def _order_key(c: Callback) -> tuple[Any, ...]:
     return (-c.priority, -c.failures, c.triggered_at, c.id)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryRules:
-    """How operator outcomes that can be retried are retried (the planner refines this)."""
-
-    max_attempts: int = 3
-    delays: tuple[tuple[str, int], ...] = (("no-answer", 30 * 60), ("busy", 10 * 60))
-
-    def delay(self, outcome: str) -> int:
-        return dict(self.delays).get(outcome, 30 * 60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +58,11 @@ class CallbackDetail:
 
 
 class CallbackQueue:
-    def __init__(self, store: Store, clock: Clock, retry: RetryRules | None = None,
+    def __init__(self, store: Store, clock: Clock, retry: RetryPolicy | None = None,
                  lease: timedelta = timedelta(minutes=15)) -> None:
         self.store = store
         self.clock = clock
-        self.retry = retry or RetryRules()
+        self.retry = retry or RetryPolicy()
         self.lease = lease
 
     # -- reading ------------------------------------------------------------------
@@ -85,8 +75,9 @@ class CallbackQueue:
             now = self.clock.now()
             q = q.where(sa.or_(
                 sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now),
-                # a claim whose lease ran out is handed out again by the next claim
-                sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now),
+                # an operator's claim whose lease ran out is handed out again by the next claim
+                sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now,
+                        cb.c.dialer.is_(None)),
             ))
         if number:
             q = q.where(cb.c.number == number)
@@ -159,36 +150,42 @@ class CallbackQueue:
 
     def close(self, callback_id: int, operator: str, outcome: CloseOutcome | str, note: str | None = None,
               *, force: bool = False) -> Callback:
+        """An operator's call ended: apply the retry policy (no-answer and busy come back later)."""
         outcome = CloseOutcome(outcome)
-        now = self.clock.now()
         with self.store.write() as conn:
             cur = self._held(conn, callback_id, operator, force)
-            attempts = cur.dial_attempts + 1
-            values: dict[str, Any] = {"dial_attempts": attempts, "outcome": outcome.value,
-                                      "claimed_by": None, "lease_until": None, "updated_at": now}
-            if outcome in (CloseOutcome.REACHED, CloseOutcome.DECLINED):
-                new = State.REACHED
-            elif outcome is CloseOutcome.WRONG_NUMBER:
-                new = State.CANCELLED
-                values["close_reason"] = "wrong number"
-            elif attempts >= self.retry.max_attempts:
-                new = State.UNREACHABLE
-                values["close_reason"] = f"{attempts} calls without reaching the citizen"
-            else:
-                new = State.RETRY_WAIT
-                values["due_at"] = now + timedelta(seconds=self.retry.delay(outcome.value))
-            if not new.is_open:
-                values["closed_at"] = now
-            values["state"] = new.value
-            conn.execute(sa.update(cb).where(cb.c.id == callback_id).values(**values))
-            detail: dict[str, Any] = {"outcome": outcome.value, "dial_attempts": attempts}
-            if note:
-                detail["note"] = note
-            if new is State.RETRY_WAIT:
-                detail["retry_at"] = values["due_at"].isoformat()
-            conn.execute(t.callback_events.insert(), [_ev(callback_id, now, operator, "closed", cur.state, new,
-                                                          detail)])
-            return self._one(conn, callback_id)
+            return self.apply_outcome(conn, cur, operator, DialOutcome(outcome.value), {"note": note} if note else {})
+
+    def apply_outcome(self, conn: Connection, cur: Callback, actor: str, outcome: DialOutcome,
+                      detail: dict[str, Any]) -> Callback:
+        """Record how a call ended and move the callback on (inside the caller's transaction)."""
+        now = self.clock.now()
+        attempts = cur.dial_attempts + 1
+        counts = dict(cur.outcome_counts or {})
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+        decision = self.retry.decide(outcome, attempts=attempts, counts=counts, now=now)
+        values: dict[str, Any] = {"dial_attempts": attempts, "outcome": outcome.value, "claimed_by": None,
+                                  "lease_until": None, "dialer": None, "dial_ref": None,
+                                  "outcome_counts": json.dumps(counts, sort_keys=True), "updated_at": now,
+                                  "last_dial_at": cur.dial_started_at or now}
+        if isinstance(decision, Retry):
+            new = State.RETRY_WAIT
+            values["due_at"] = decision.at
+        else:
+            new = State(decision.state)
+            values["closed_at"] = now
+            if new is not State.REACHED:
+                values["close_reason"] = decision.reason
+        values["state"] = new.value
+        conn.execute(sa.update(cb).where(cb.c.id == cur.id).values(**values))
+        ev: dict[str, Any] = {"outcome": outcome.value, "dial_attempts": attempts, **{k: v for k, v in detail.items()
+                                                                                     if v is not None}}
+        if new is State.RETRY_WAIT:
+            ev["retry_at"] = values["due_at"].isoformat()
+        elif new is not State.REACHED:
+            ev["reason"] = decision.reason  # type: ignore[union-attr]
+        conn.execute(t.callback_events.insert(), [_ev(cur.id, now, actor, "closed", cur.state, new, ev)])
+        return self._one(conn, cur.id)
 
     def release(self, callback_id: int, operator: str, *, force: bool = False, note: str | None = None) -> Callback:
         now = self.clock.now()
@@ -222,8 +219,10 @@ class CallbackQueue:
 
     # -- helpers ------------------------------------------------------------------
     def _sweep(self, conn: Connection, now: datetime) -> list[int]:
+        # only operators' claims: an automatic dial that outlived its lease is reconciled with
+        # its dialer by the dispatcher, never simply handed out again
         rows = conn.execute(
-            sa.select(cb).where(cb.c.state == State.DIALING.value, cb.c.lease_until < now)
+            sa.select(cb).where(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.dialer.is_(None))
         ).all()
         expired = [Callback.from_row(r) for r in rows]
         swept = []

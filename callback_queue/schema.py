@@ -97,6 +97,16 @@ callbacks = Table(
     Column("closed_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # planning and dialing (revision 0002)
+    Column("sla_due_at", UTCDateTime),            # when the SLA says it must have been called
+    Column("sla_breached_at", UTCDateTime),       # when the planner found it cannot make the SLA
+    Column("window_start", UTCDateTime),          # the off-peak window it is planned into
+    Column("dialer", String(16)),                 # who is placing the current call: ami | twilio | operator
+    Column("dial_ref", String(128)),              # that call's ActionID / CallSid, for reconciliation
+    Column("dial_started_at", UTCDateTime),
+    Column("last_dial_at", UTCDateTime),
+    Column("outcome_counts", Text),               # JSON {"busy": 2, "no-answer": 1}: per-outcome retries
+    Column("request_id", String(64)),             # follow-ups: the closed request being rated
     UniqueConstraint("number", "episode_start"),
     # invariant 2: at most one open callback per number, enforced by the database
     Index(
@@ -107,6 +117,8 @@ callbacks = Table(
         postgresql_where=text(OPEN_STATES_SQL),
     ),
     Index(None, "state", "due_at"),
+    Index(None, "dial_ref"),
+    Index(None, "window_start"),
 )
 
 callback_attempts = Table(

@@ -76,8 +76,10 @@ class Store:
         cfg.attributes["connection"] = conn
         return cfg
 
-    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
-        """Migrate to `revision`; returns (before, after)."""
+    # Each feature area keeps its own migration branch off the initial schema
+    # (planning, SMS, users, ...), so the schema is current when *every* head is applied.
+    def upgrade(self, revision: str = "heads") -> tuple[str | None, str | None]:
+        """Migrate to `revision` (default: all heads); returns (before, after)."""
         from alembic import command
 
         before = self.current_revision()
@@ -85,26 +87,35 @@ class Store:
             command.upgrade(self._alembic_config(conn), revision)
         return before, self.current_revision()
 
-    def current_revision(self) -> str | None:
+    def current_heads(self) -> set[str]:
         from alembic.runtime.migration import MigrationContext
 
         with self._translate(), self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return set(MigrationContext.configure(conn).get_current_heads())
 
-    def head_revision(self) -> str | None:
+    def script_heads(self) -> set[str]:
         from alembic.script import ScriptDirectory
 
         with self.engine.connect() as conn:
-            return ScriptDirectory.from_config(self._alembic_config(conn)).get_current_head()
+            return set(ScriptDirectory.from_config(self._alembic_config(conn)).get_heads())
+
+    def current_revision(self) -> str | None:
+        """The applied revision(s), comma-separated, or None for an empty database."""
+        heads = self.current_heads()
+        return ",".join(sorted(heads)) if heads else None
+
+    def head_revision(self) -> str | None:
+        heads = self.script_heads()
+        return ",".join(sorted(heads)) if heads else None
 
     def require_current(self) -> None:
         """Refuse to run on a schema that is missing or out of date."""
-        current, head = self.current_revision(), self.head_revision()
+        current, head = self.current_heads(), self.script_heads()
         if current != head:
-            state = "empty" if current is None else f"at revision {current}"
+            state = "empty" if not current else f"at revision {','.join(sorted(current))}"
             raise SchemaOutOfDate(
-                f"the database {redact_url(self.url)} is {state}, callbackd needs revision {head}: "
-                "run `callbackd db upgrade`"
+                f"the database {redact_url(self.url)} is {state}, callbackd needs revision "
+                f"{','.join(sorted(head))}: run `callbackd db upgrade`"
             )
 
 

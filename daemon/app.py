@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -18,7 +18,8 @@ from callback_queue.clock import Clock, SystemClock
 from callback_queue.detection import DetectRules
 from callback_queue.ingest import Ingestor
 from callback_queue.numbers import Normalizer, normalizer_from
-from callback_queue.queue import CallbackQueue, RetryRules
+from callback_queue.queue import CallbackQueue
+from callback_queue.retry import DialOutcome, RetryPolicy, RetryRule
 from callback_queue.store import Store
 
 from .logs import get_logger
@@ -40,11 +41,14 @@ def open_store(s: Settings) -> Store:
     return Store(s.store_url, busy_timeout_ms=s.store.busy_timeout_ms, pool_size=s.store.pool_size)
 
 
+def retry_policy(s: Settings) -> RetryPolicy:
+    r = s.retry
+    return RetryPolicy(rules={DialOutcome(k): RetryRule(v.delay, v.times) for k, v in r.rules.items()},
+                       max_attempts=r.max_attempts, min_spacing=r.min_spacing)
+
+
 def callback_queue(s: Settings, store: Store, clock: Clock) -> CallbackQueue:
-    q = s.queue
-    retry = RetryRules(max_attempts=q.max_attempts,
-                       delays=tuple((k, int(v.total_seconds())) for k, v in q.retry_delays.items()))
-    return CallbackQueue(store, clock, retry, lease=q.lease)
+    return CallbackQueue(store, clock, retry_policy(s), lease=s.queue.lease)
 
 
 def queue_log_parser(s: Settings, norm: Normalizer) -> Any:
@@ -71,6 +75,24 @@ def cdr_parser(s: Settings, norm: Normalizer) -> Any:
     return CdrParser(source=f"cdr:{src.system}", system=src.system, normalizer=norm, options=opts)
 
 
+#: modules that register components or HTTP routes when imported (each feature adds its own)
+FEATURE_MODULES: list[str] = []
+#: builders called with the Daemon; each returns a component (start/stop/name) or None
+COMPONENT_BUILDERS: list[Callable[[Daemon], Any]] = []
+
+
+def register_component(builder: Callable[[Daemon], Any]) -> Callable[[Daemon], Any]:
+    COMPONENT_BUILDERS.append(builder)
+    return builder
+
+
+def load_features() -> None:
+    import importlib
+
+    for name in FEATURE_MODULES:
+        importlib.import_module(name)
+
+
 @dataclass
 class _Job:
     name: str
@@ -87,33 +109,41 @@ class Daemon:
         self.log = get_logger("callbackd")
         self.stop_event = threading.Event()
         self.tails: list[Any] = []
+        self.components: list[Any] = []
         self.scheduler: Any = None
+        self.http: Any = None
+        self.queue = callback_queue(settings, self.store, self.clock)
+        self.services: Any = None
 
     def _build(self) -> None:
+        from .http.app import Services
         from .sources.pipeline import TailRunner
 
         s = self.settings
         norm = normalizer(s)
-        ingestor = Ingestor(self.store, self.clock, detect_rules(s))
-        self.queue = callback_queue(s, self.store, self.clock)
+        self.ingestor = Ingestor(self.store, self.clock, detect_rules(s))
+        self.services = Services(settings=s, store=self.store, clock=self.clock, queue=self.queue)
         if s.sources.queue_log:
             src = s.sources.queue_log
-            self.tails.append((TailRunner(f"queue_log:{src.system}", src.path, queue_log_parser(s, norm), ingestor,
-                                          start_at_end=src.start_at == "end", log=self.log),
+            self.tails.append((TailRunner(f"queue_log:{src.system}", src.path, queue_log_parser(s, norm),
+                                          self.ingestor, start_at_end=src.start_at == "end", log=self.log),
                                src.poll_interval))
         if s.sources.cdr:
             src2 = s.sources.cdr
-            self.tails.append((TailRunner(f"cdr:{src2.system}", src2.path, cdr_parser(s, norm), ingestor,
+            self.tails.append((TailRunner(f"cdr:{src2.system}", src2.path, cdr_parser(s, norm), self.ingestor,
                                           start_at_end=src2.start_at == "end", log=self.log),
                                src2.poll_interval))
 
-    def _guard(self, job: _Job) -> Any:
-        """Run a job; log a failure once per change of error, not once per tick."""
+    def add_job(self, name: str, fn: Callable[[], Any], seconds: float, **trigger: Any) -> None:
+        """An APScheduler interval job whose failures are logged once per change, not once per tick."""
+        self.scheduler.add_job(self._guard(_Job(name, fn)), "interval", seconds=seconds, id=name,
+                               next_run_time=_now(), **trigger)
 
+    def _guard(self, job: _Job) -> Any:
         def run() -> None:
             try:
                 job.fn()
-            except Exception as exc:  # noqa: BLE001 - a source must never take the daemon down
+            except Exception as exc:  # noqa: BLE001 - a job must never take the daemon down
                 msg = f"{type(exc).__name__}: {exc}"
                 job.failures += 1
                 if msg != job.last_error:
@@ -130,26 +160,43 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.store.require_current()
+        load_features()
         self._build()
-        sched = BackgroundScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True,
-                                                                "misfire_grace_time": 30})
+        self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True,
+                                                                         "misfire_grace_time": 30})
         for runner, interval in self.tails:
-            sched.add_job(self._guard(_Job(runner.name, runner.poll)), "interval",
-                          seconds=interval.total_seconds(), id=f"poll:{runner.name}", next_run_time=_now())
-        sched.add_job(self._guard(_Job("sweep", self._sweep)), "interval",
-                      seconds=self.settings.daemon.sweep_interval.total_seconds(), id="sweep",
-                      next_run_time=_now())
-        self.scheduler = sched
+            self.add_job(f"poll:{runner.name}", runner.poll, interval.total_seconds())
+        self.add_job("sweep", self._sweep, self.settings.daemon.sweep_interval.total_seconds())
+        for builder in COMPONENT_BUILDERS:
+            comp = builder(self)
+            if comp is not None:
+                self.components.append(comp)
+        if self.settings.http.enabled:
+            from .http.app import HttpServer, create_app
+
+            self.http = HttpServer(create_app(self.services), self.settings.http.host, self.settings.http.port)
+            self.components.append(self.http)
         self._signals()
-        sched.start()
-        self.log.info("daemon.started", store=_redact(self.store.url),
-                      sources=[r.name for r, _ in self.tails], config=self.settings.origin)
+        started: list[Any] = []
         try:
-            while not self.stop_event.wait(1.0):
+            for comp in self.components:
+                comp.start()
+                started.append(comp)
+            self.scheduler.start()
+            self.log.info("daemon.started", store=_redact(self.store.url),
+                          sources=[r.name for r, _ in self.tails], components=[c.name for c in self.components],
+                          config=self.settings.origin)
+            while not self.stop_event.wait(0.5):
                 pass
         finally:
             self.log.info("daemon.stopping")
-            sched.shutdown(wait=True)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)
+            for comp in reversed(started):
+                try:
+                    comp.stop()
+                except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                    self.log.error("component.stop_failed", component=comp.name, error=str(exc))
             for runner, _ in self.tails:
                 runner.close()
             self.store.dispose()
@@ -186,12 +233,3 @@ def _redact(url: str) -> str:
     from callback_queue.store import redact_url
 
     return redact_url(url)
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

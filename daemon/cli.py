@@ -121,7 +121,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--revision", default="heads", show_default=True, help="Target revision.")
 @with_config
 def db_upgrade(obj: Ctx, revision: str) -> None:
     """Create or migrate the schema (Alembic migrations)."""

@@ -164,17 +164,30 @@ class DetectSettings(_Section):
 
 class QueueSettings(_Section):
     lease: Duration = timedelta(minutes=15)
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    retry_delays: dict[str, Duration] = Field(
-        default_factory=lambda: {"no-answer": timedelta(minutes=30), "busy": timedelta(minutes=10)}
+
+
+class RetryRuleSettings(_Section):
+    delay: Duration
+    times: int = Field(ge=0, le=20)
+
+
+_RETRY_DEFAULTS = {"busy": ("10m", 3), "no-answer": ("30m", 2), "congestion": ("5m", 3), "failed": ("15m", 1)}
+
+
+class RetrySettings(_Section):
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    min_spacing: Duration = timedelta(minutes=5)
+    rules: dict[str, RetryRuleSettings] = Field(
+        default_factory=lambda: {k: RetryRuleSettings(delay=parse_duration(d), times=n)
+                                 for k, (d, n) in _RETRY_DEFAULTS.items()}
     )
 
-    @field_validator("retry_delays")
+    @field_validator("rules")
     @classmethod
-    def _outcomes(cls, v: dict[str, timedelta]) -> dict[str, timedelta]:
-        unknown = sorted(set(v) - {"no-answer", "busy"})
+    def _outcomes(cls, v: dict[str, RetryRuleSettings]) -> dict[str, RetryRuleSettings]:
+        unknown = sorted(set(v) - set(_RETRY_DEFAULTS))
         if unknown:
-            raise ValueError(f"retry delays can be set for 'no-answer' and 'busy', not {unknown}")
+            raise ValueError(f"retry rules exist for {', '.join(_RETRY_DEFAULTS)}, not {unknown}")
         return v
 
 
@@ -199,6 +212,14 @@ class CdrSource(_Section):
     hotline_numbers: list[str] = Field(default_factory=list)
 
 
+class HttpSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(default=None, description="how citizens and webhooks reach us, e.g. "
+                                                             "https://callback.example.gov.cn")
+
+
 class SourcesSettings(_Section):
     queue_log: QueueLogSource | None = None
     cdr: CdrSource | None = None
@@ -209,7 +230,9 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     detect: DetectSettings = DetectSettings()
     queue: QueueSettings = QueueSettings()
+    retry: RetrySettings = RetrySettings()
     sources: SourcesSettings = SourcesSettings()
+    http: HttpSettings = HttpSettings()
     #: where the settings came from (not a setting)
     origin: str = Field(default="<defaults>", exclude=True)
 

@@ -93,7 +93,7 @@ def _write_config(path: Path, url: str, extra: str = "") -> Path:
     path.write_text(
         f'[daemon]\nstate_dir = "{path.parent / "state"}"\ntimezone = "UTC"\n\n'
         f'[store]\nurl = "{url}"\n\n[queue]\nlease = "15m"\n\n'
-        f'[queue.retry_delays]\nbusy = "10m"\nno-answer = "30m"\n{extra}',
+        f'[retry.rules]\nbusy = {{ delay = "10m", times = 3 }}\nno-answer = {{ delay = "30m", times = 2 }}\n{extra}',
         encoding="utf-8",
     )
     return path

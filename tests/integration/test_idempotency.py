@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,10 +71,11 @@ def _plain(v: Any) -> Any:
 def assert_same(got: dict[str, list[tuple[Any, ...]]], want: dict[str, list[tuple[Any, ...]]]) -> None:
     assert got.keys() == want.keys()
     for table in want:
-        extra = [r for r in got[table] if r not in want[table]]
-        lost = [r for r in want[table] if r not in got[table]]
-        assert got[table] == want[table], (f"table {table}: {len(got[table])} rows, expected {len(want[table])}; "
-                                           f"extra {extra[:3]}, missing {lost[:3]}")
+        if got[table] != want[table]:
+            extra = Counter(map(repr, got[table])) - Counter(map(repr, want[table]))
+            lost = Counter(map(repr, want[table])) - Counter(map(repr, got[table]))
+            raise AssertionError(f"table {table}: {len(got[table])} rows, expected {len(want[table])}; "
+                                 f"extra {list(extra)[:3]}, missing {list(lost)[:3]}")
 
 
 # -- import twice, and the same content under another path ------------------------------------------------
@@ -273,6 +275,7 @@ def test_sigkill_mid_import_then_again_equals_a_clean_import(two_databases: tupl
             raise
     at_kill = count(killed_url, "attempts")
     total = count(clean_url, "attempts")
+    print("AT_KILL", at_kill, total, first_commit)
     assert 0 < at_kill < total, f"not killed mid-import: {at_kill} of {total} attempts were in"
 
     with run("again", killed_cfg) as again:

@@ -20,11 +20,14 @@ from callback_queue.clock import FakeClock
 from callback_queue.detection import DetectRules
 from callback_queue.errors import InvalidTransition, LeaseLost, NotFound
 from callback_queue.ingest import Ingestor
-from callback_queue.queue import CallbackQueue, RetryRules
+from callback_queue.queue import CallbackQueue
+from callback_queue.retry import DialOutcome, RetryPolicy, RetryRule
 from callback_queue.store import Store
 
 RULES = DetectRules(threshold=3, min_wait_seconds=0)
-RETRY = RetryRules(max_attempts=3, delays=(("no-answer", 600), ("busy", 120)))
+RETRY = RetryPolicy(rules={DialOutcome.NO_ANSWER: RetryRule(timedelta(seconds=600), 5),
+                           DialOutcome.BUSY: RetryRule(timedelta(seconds=120), 5)},
+                    max_attempts=3, min_spacing=timedelta(0))
 LEASE = timedelta(minutes=5)
 
 
@@ -198,7 +201,10 @@ def test_close_final_outcomes(store: Store, clock: FakeClock, queue: CallbackQue
     assert c.dial_attempts == 1
     ev = events(store, cid)[-1]
     assert (ev["event"], ev["actor"], ev["from_state"], ev["to_state"]) == ("closed", "alice", "dialing", state.value)
-    assert json.loads(ev["detail"]) == {"outcome": outcome, "dial_attempts": 1, "note": "spoke to her"}
+    expected = {"outcome": outcome, "dial_attempts": 1, "note": "spoke to her"}
+    if reason:
+        expected["reason"] = reason  # the history says why it ended
+    assert json.loads(ev["detail"]) == expected
     # closed is closed
     with pytest.raises(InvalidTransition):
         queue.close(cid, "alice", "reached")
