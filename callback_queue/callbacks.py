@@ -70,6 +70,8 @@ class Callback:
     sla_due_at: datetime | None = None
     sla_breached_at: datetime | None = None
     window_start: datetime | None = None
+    window_end: datetime | None = None
+    earliest_at: datetime | None = None
     dialer: str | None = None
     dial_ref: str | None = None
     dial_started_at: datetime | None = None

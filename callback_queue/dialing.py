@@ -20,13 +20,12 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from . import schema as t
-from .callbacks import CLAIMABLE_STATES, Callback, State
+from .callbacks import Callback, State
 from .ingest import _ev
 from .queue import ORDER, CallbackQueue, _order_key, _pre_claim_state
 from .retry import DialOutcome
 
 cb = t.callbacks
-_CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +88,7 @@ class DialQueue:
         with self.store.write() as conn:
             pick = (
                 sa.select(cb.c.id)
-                .where(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now,
+                .where(self.queue.due_clause(now),
                        sa.or_(cb.c.last_dial_at.is_(None), cb.c.last_dial_at <= spacing_ok))
                 .order_by(*ORDER).limit(count)
             )
@@ -101,7 +100,7 @@ class DialQueue:
             for cid in ids:
                 ref = f"cbd-{cid}-{uuid.uuid4().hex[:12]}"
                 row = conn.execute(
-                    sa.update(cb).where(cb.c.id == cid, cb.c.state.in_(_CLAIMABLE))
+                    sa.update(cb).where(cb.c.id == cid, self.queue.due_clause(now))
                     .values(state=State.DIALING.value, claimed_by=worker, lease_until=now + lease, dialer=dialer,
                             dial_ref=ref, dial_started_at=now, updated_at=now)
                     .returning(*cb.c)

@@ -25,6 +25,7 @@ from .store import Store
 
 _OPEN = tuple(s.value for s in OPEN_STATES)
 _CLAIMABLE = tuple(s.value for s in CLAIMABLE_STATES)
+_PLANNED = (State.SCHEDULED.value, State.RETRY_WAIT.value)
 cb = t.callbacks
 
 #: the default order: priority, then more failures first, then longest waiting
@@ -59,22 +60,33 @@ class CallbackDetail:
 
 class CallbackQueue:
     def __init__(self, store: Store, clock: Clock, retry: RetryPolicy | None = None,
-                 lease: timedelta = timedelta(minutes=15)) -> None:
+                 lease: timedelta = timedelta(minutes=15), *, planned: bool = False) -> None:
         self.store = store
         self.clock = clock
         self.retry = retry or RetryPolicy()
+        #: with off-peak windows configured, only callbacks the planner put into a window that is
+        #: open now can be claimed; without, anything due can
+        self.planned = planned
         self.lease = lease
+
+    def due_clause(self, now: datetime) -> Any:
+        """SQL condition: claimable right now (shared by operator claims and dialers)."""
+        if self.planned:
+            return sa.and_(cb.c.state.in_(_PLANNED), cb.c.due_at <= now, cb.c.window_end > now)
+        return sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now)
 
     # -- reading ------------------------------------------------------------------
     def list(self, *, states: list[str] | None = None, due: bool = False, limit: int | None = None,
-             offset: int = 0, number: str | None = None) -> list[Callback]:
+             offset: int = 0, number: str | None = None, kind: str | None = None) -> list[Callback]:
         q = sa.select(cb).order_by(*ORDER)
+        if kind:
+            q = q.where(cb.c.kind == kind)
         if states:
             q = q.where(cb.c.state.in_(states))
         if due:
             now = self.clock.now()
             q = q.where(sa.or_(
-                sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now),
+                self.due_clause(now),
                 # an operator's claim whose lease ran out is handed out again by the next claim
                 sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now,
                         cb.c.dialer.is_(None)),
@@ -126,12 +138,7 @@ class CallbackQueue:
         until = now + (lease or self.lease)
         with self.store.write() as conn:
             self._sweep(conn, now)
-            pick = (
-                sa.select(cb.c.id)
-                .where(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now)
-                .order_by(*ORDER)
-                .limit(count)
-            )
+            pick = sa.select(cb.c.id).where(self.due_clause(now)).order_by(*ORDER).limit(count)
             if conn.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
             rows = conn.execute(
@@ -147,6 +154,29 @@ class CallbackQueue:
                         {"lease_until": until.isoformat()}) for c in claimed
                 ])
         return claimed
+
+    def claim_one(self, callback_id: int, operator: str, *, lease: timedelta | None = None) -> Callback:
+        """Claim one chosen callback, if it is due and nobody holds it (the console's "call this one")."""
+        now = self.clock.now()
+        until = now + (lease or self.lease)
+        with self.store.write() as conn:
+            self._sweep(conn, now)
+            cur = self._one(conn, callback_id)
+            n = conn.execute(
+                sa.update(cb).where(cb.c.id == callback_id, self.due_clause(now))
+                .values(state=State.DIALING.value, claimed_by=operator, lease_until=until, updated_at=now)
+            ).rowcount
+            if not n:
+                if cur.state is State.DIALING:
+                    raise LeaseLost(f"callback {callback_id} is claimed by {cur.claimed_by or cur.dialer}")
+                if cur.state.value in _CLAIMABLE:
+                    raise InvalidTransition(f"callback {callback_id} is not due yet (due {cur.due_at.isoformat()}"
+                                            f"{', in a window not open now' if self.planned else ''})")
+                raise InvalidTransition(f"callback {callback_id} is {cur.state.value}; it cannot be claimed")
+            conn.execute(t.callback_events.insert(), [
+                _ev(callback_id, now, operator, "claimed", cur.state, State.DIALING, {"lease_until": until.isoformat()})
+            ])
+            return self._one(conn, callback_id)
 
     def close(self, callback_id: int, operator: str, outcome: CloseOutcome | str, note: str | None = None,
               *, force: bool = False) -> Callback:
@@ -170,7 +200,7 @@ class CallbackQueue:
                                   "last_dial_at": cur.dial_started_at or now}
         if isinstance(decision, Retry):
             new = State.RETRY_WAIT
-            values["due_at"] = decision.at
+            values.update(due_at=decision.at, earliest_at=decision.at, window_start=None, window_end=None)
         else:
             new = State(decision.state)
             values["closed_at"] = now

@@ -101,6 +101,8 @@ callbacks = Table(
     Column("sla_due_at", UTCDateTime),            # when the SLA says it must have been called
     Column("sla_breached_at", UTCDateTime),       # when the planner found it cannot make the SLA
     Column("window_start", UTCDateTime),          # the off-peak window it is planned into
+    Column("window_end", UTCDateTime),            # (claims happen only while that window is open)
+    Column("earliest_at", UTCDateTime),           # not before: the retry policy's time
     Column("dialer", String(16)),                 # who is placing the current call: ami | twilio | operator
     Column("dial_ref", String(128)),              # that call's ActionID / CallSid, for reconciliation
     Column("dial_started_at", UTCDateTime),
@@ -166,3 +168,105 @@ source_cursors = Table(
     Column("state", Text),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# -- SMS fallback and evaluations (migration branch "sms", revision 0100) ---------------------
+
+# One SMS per callback (invariant 5): the row is the intent, written before the provider is called;
+# provider_id is filled in after. A row found "sending" after a restart is reconciled with the provider.
+sms_messages = Table(
+    "sms_messages",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("callback_id", ForeignKey("callbacks.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("number", String(20), nullable=False),
+    Column("sender", String(16), nullable=False),           # console | twilio | aliyun
+    Column("lang", String(8), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("params", Text),                                 # JSON template parameters (template providers)
+    Column("state", String(16), nullable=False),            # pending | sending | sent | delivered | failed
+    Column("provider_id", String(64)),
+    Column("provider_status", String(24)),
+    Column("error", Text),
+    Column("tries", Integer, nullable=False, server_default="0"),
+    Column("next_try_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "state", "next_try_at"),
+    Index(None, "provider_id"),
+)
+
+# Evaluation links: only a hash of the token is stored; one rating per link.
+eval_links = Table(
+    "eval_links",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("callback_id", ForeignKey("callbacks.id", ondelete="CASCADE"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime),
+    Index(None, "callback_id"),
+)
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("callback_id", ForeignKey("callbacks.id", ondelete="CASCADE"), nullable=False),
+    Column("link_id", ForeignKey("eval_links.id", ondelete="CASCADE"), nullable=False, unique=True),
+    Column("resolved", String(16), nullable=False),         # resolved | partly | not
+    Column("satisfaction", String(16), nullable=False),     # satisfied | basic | unsatisfied
+    Column("comment", Text),
+    Column("lang", String(8), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "callback_id"),
+)
+
+# Numbers that asked not to be contacted (STOP / 退订, or an operator): no SMS, no callback.
+do_not_contact = Table(
+    "do_not_contact",
+    metadata,
+    Column("number", String(20), primary_key=True),
+    Column("source", String(32), nullable=False),           # sms-reply | operator | import
+    Column("reason", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# -- users, API tokens and console sessions (revision 0200, branch "users") -------------------
+# Tokens and session ids are stored only as SHA-256 digests: they are 256-bit random values, so a
+# plain digest cannot be reversed and lets a request be matched by an index lookup.
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
+
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("user_id", ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# time-range reads for the heatmap, reports and metrics (same revision)
+Index("ix_attempts_started_ts", attempts.c.started_ts)
+Index("ix_callback_events_at", callback_events.c.at)
+Index("ix_callbacks_triggered_at", callbacks.c.triggered_at)

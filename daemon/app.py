@@ -48,7 +48,55 @@ def retry_policy(s: Settings) -> RetryPolicy:
 
 
 def callback_queue(s: Settings, store: Store, clock: Clock) -> CallbackQueue:
-    return CallbackQueue(store, clock, retry_policy(s), lease=s.queue.lease)
+    return CallbackQueue(store, clock, retry_policy(s), lease=s.queue.lease, planned=s.schedule is not None)
+
+
+def schedule_rules(s: Settings, store: Store | None = None, clock: Clock | None = None) -> Any:
+    """The configured windows as ScheduleRules (learned windows need the store to look at traffic)."""
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from callback_queue.windows import Capacity, ScheduleRules, TimeRange
+
+    sc = s.schedule
+    assert sc is not None
+    tz = ZoneInfo(s.daemon.timezone)
+
+    def ranges(items: list[str]) -> tuple[TimeRange, ...]:
+        return tuple(TimeRange.parse(x) for x in items)
+
+    closures = []
+    for item in sc.closures:
+        if "/" in item:
+            a, b = (datetime.fromisoformat(x) for x in item.split("/"))
+        else:
+            d = date.fromisoformat(item)
+            a, b = datetime.combine(d, datetime.min.time()), datetime.combine(d + timedelta(days=1),
+                                                                              datetime.min.time())
+        closures.append(tuple(x.replace(tzinfo=tz) if x.tzinfo is None else x for x in (a, b)))
+    cap = sc.capacity
+    rules = ScheduleRules(
+        tz=tz, workday=ranges(sc.workday), restday=ranges(sc.restday), holiday=ranges(sc.holiday),
+        weekdays={k: ranges(v) for k, v in sc.weekdays.items()}, quiet=ranges(sc.quiet_hours),
+        closures=tuple((a.astimezone(UTC), b.astimezone(UTC)) for a, b in closures),
+        capacity=Capacity(fixed=cap.fixed, agents=cap.agents, handle_time=cap.handle_time),
+        country=sc.country, subdivision=sc.subdivision,
+    )
+    if sc.learned.enabled and store is not None:
+        from callback_queue.learning import learn_windows
+
+        rules = learn_windows(store, clock or SystemClock(), rules, weeks=sc.learned.weeks,
+                              allowed=ranges(sc.learned.allowed), min_hours=sc.learned.min_hours).rules
+    return rules
+
+
+def planner(s: Settings, store: Store, clock: Clock) -> Any:
+    from callback_queue.planner import Planner
+
+    sc = s.schedule
+    assert sc is not None
+    return Planner(store, clock, schedule_rules(s, store, clock), sla=sc.sla, horizon=sc.horizon,
+                   min_spacing=s.retry.min_spacing)
 
 
 def queue_log_parser(s: Settings, norm: Normalizer) -> Any:
@@ -76,7 +124,9 @@ def cdr_parser(s: Settings, norm: Normalizer) -> Any:
 
 
 #: modules that register components or HTTP routes when imported (each feature adds its own)
-FEATURE_MODULES: list[str] = []
+FEATURE_MODULES: list[str] = ["daemon.dispatch"]
+FEATURE_MODULES.append("sms.feature")  # SMS outbox, rating page, Twilio webhooks (issue 5)
+FEATURE_MODULES += ["daemon.http.api", "daemon.http.console", "daemon.http.metrics"]  # console, API (issue 6)
 #: builders called with the Daemon; each returns a component (start/stop/name) or None
 COMPONENT_BUILDERS: list[Callable[[Daemon], Any]] = []
 
@@ -108,6 +158,7 @@ class Daemon:
         self.store = store or open_store(settings)
         self.log = get_logger("callbackd")
         self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
         self.tails: list[Any] = []
         self.components: list[Any] = []
         self.scheduler: Any = None
@@ -177,6 +228,7 @@ class Daemon:
             self.http = HttpServer(create_app(self.services), self.settings.http.host, self.settings.http.port)
             self.components.append(self.http)
         self._signals()
+        self._write_pid()
         started: list[Any] = []
         try:
             for comp in self.components:
@@ -187,7 +239,9 @@ class Daemon:
                           sources=[r.name for r, _ in self.tails], components=[c.name for c in self.components],
                           config=self.settings.origin)
             while not self.stop_event.wait(0.5):
-                pass
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
         finally:
             self.log.info("daemon.stopping")
             if self.scheduler.running:
@@ -200,8 +254,51 @@ class Daemon:
             for runner, _ in self.tails:
                 runner.close()
             self.store.dispose()
+            self._remove_pid()
             self.log.info("daemon.stopped")
         return 0
+
+    def reload(self) -> None:
+        """Re-read the configuration (SIGHUP): windows, rules and the like change without a restart."""
+        from callback_queue.errors import ConfigError
+
+        from .settings import load_settings
+
+        origin = self.settings.origin
+        try:
+            new = load_settings(None if origin == "<defaults>" else origin)
+        except ConfigError as exc:
+            self.log.error("daemon.reload_failed", error=str(exc))
+            return
+        old, self.settings = self.settings, new
+        self.queue.retry = retry_policy(new)
+        self.queue.lease = new.queue.lease
+        self.queue.planned = new.schedule is not None
+        if self.services is not None:
+            self.services.settings = new
+        for comp in self.components:
+            if hasattr(comp, "reload"):
+                comp.reload(new)
+        changed = sorted(k for k in new.model_fields if getattr(old, k) != getattr(new, k))
+        self.log.info("daemon.reloaded", changed=changed)
+
+    def pid_path(self) -> Any:
+        return self.settings.daemon.state_dir / "callbackd.pid"
+
+    def _write_pid(self) -> None:
+        import os
+
+        try:
+            self.pid_path().parent.mkdir(parents=True, exist_ok=True)
+            self.pid_path().write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            self.log.warning("daemon.pidfile", error=str(exc))
+
+    def _remove_pid(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.pid_path().unlink()
 
     def _sweep(self) -> None:
         released = self.queue.sweep()
@@ -216,8 +313,12 @@ class Daemon:
             self.log.info("daemon.signal", signal=signal.Signals(signum).name)
             self.stop_event.set()
 
+        def hup(signum: int, _frame: Any) -> None:
+            self.reload_requested.set()
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -261,6 +261,9 @@ def import_cdr(obj: Ctx, files: tuple[str, ...], system: str | None) -> None:
 
 
 from . import cli_callbacks  # noqa: E402,F401  (registers the operator commands)
+from . import cli_admin  # noqa: E402,F401  (users and report commands)
+from . import cli_sms  # noqa: E402,F401  (sms preview, followups, do-not-contact)
+from . import cli_schedule  # noqa: E402,F401  (schedule preview, reload)
 
 
 def main(argv: list[str] | None = None) -> int:

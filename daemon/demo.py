@@ -35,6 +35,21 @@ default_region = "CN"
 path = "asterisk/queue_log"
 system = "demo-pbx"
 poll_interval = "0.5s"
+
+[http]
+port = 8080
+
+# The demo calls back around the clock so you can claim right away. A real hotline uses
+# off-peak windows, e.g. workday = ["12:00-13:30", "18:30-20:30"] and quiet_hours = ["21:00-08:30"]
+# (see config/callbackd.toml); `callbackd schedule preview` shows what they would do.
+[schedule]
+workday = ["00:00-24:00"]
+restday = ["00:00-24:00"]
+holiday = ["00:00-24:00"]
+quiet_hours = []
+capacity = { agents = 2, handle_time = "6m" }
+sla = "24h"
+replan_interval = "5s"
 """
 
 

@@ -19,8 +19,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from callback_queue.attempts import FAILURE_REASONS
@@ -212,6 +214,89 @@ class CdrSource(_Section):
     hotline_numbers: list[str] = Field(default_factory=list)
 
 
+def _ranges(v: Any) -> list[str]:
+    from callback_queue.windows import TimeRange
+
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise ValueError("a list of time ranges such as [\"12:00-13:30\", \"18:30-20:30\"] is needed")
+    for item in v:
+        TimeRange.parse(str(item))
+    return [str(x) for x in v]
+
+
+Ranges = Annotated[list[str], BeforeValidator(_ranges)]
+
+
+class CapacitySettings(_Section):
+    fixed: int | None = Field(default=None, ge=0, description="callbacks per window, whatever its length")
+    agents: int = Field(default=2, ge=0, description="floating agents calling back during a window")
+    handle_time: Duration = timedelta(minutes=6)
+
+
+class LearnedSettings(_Section):
+    enabled: bool = False
+    weeks: int = Field(default=4, ge=1, le=52)
+    allowed: Ranges = Field(default_factory=lambda: ["08:30-21:00"], description="hours callbacks may be placed")
+    min_hours: int = Field(default=1, ge=1, le=24)
+
+
+class ScheduleSettings(_Section):
+    """Off-peak windows. Absent: callbacks are due as soon as they open (no planning)."""
+
+    workday: Ranges = Field(default_factory=lambda: ["12:00-13:30", "18:30-20:30"])
+    restday: Ranges = Field(default_factory=lambda: ["10:00-12:00", "15:00-17:00"])
+    holiday: Ranges = Field(default_factory=list)
+    weekdays: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], Ranges] = Field(default_factory=dict)
+    quiet_hours: Ranges = Field(default_factory=lambda: ["21:00-08:30"])
+    closures: list[str] = Field(default_factory=list, description="dates (2026-10-01) or ranges "
+                                                                  "(2026-12-24T18:00/2026-12-25T08:00), local time")
+    country: str | None = "CN"
+    subdivision: str | None = None
+    capacity: CapacitySettings = CapacitySettings()
+    sla: Duration = timedelta(hours=24)
+    horizon: Duration = timedelta(days=7)
+    replan_interval: Duration = timedelta(minutes=1)
+    learned: LearnedSettings = LearnedSettings()
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        import holidays
+
+        if v.upper() not in holidays.list_supported_countries():
+            raise ValueError(f"the holidays package has no calendar for {v!r}")
+        return v.upper()
+
+    @field_validator("closures")
+    @classmethod
+    def _closures(cls, v: list[str]) -> list[str]:
+        from datetime import date as _date
+        from datetime import datetime as _dt
+
+        for item in v:
+            try:
+                if "/" in item:
+                    a, b = item.split("/")
+                    _dt.fromisoformat(a), _dt.fromisoformat(b)
+                else:
+                    _date.fromisoformat(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a date or a start/end range") from exc
+        return v
+
+
+class DialerSettings(_Section):
+    """Who places callbacks: operators from the list (manual), or the PBX / Twilio automatically."""
+
+    kind: Literal["manual", "ami", "twilio"] = "manual"
+    lease: Duration = Field(default=timedelta(minutes=10), description="how long a placed call may take "
+                                                                       "before it is reconciled")
+
+
 class HttpSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -220,9 +305,112 @@ class HttpSettings(_Section):
                                                              "https://callback.example.gov.cn")
 
 
+class ConsoleSettings(_Section):
+    """The operators' and admins' console and API (daemon/http/console.py, api.py)."""
+
+    session_lifetime: Duration = timedelta(hours=12)
+    secure_cookies: bool = Field(default=False, description="mark session cookies Secure (set when behind HTTPS)")
+    metrics_public: bool = Field(default=False, description="serve /metrics without a bearer token")
+    report_sla: Duration = Field(default=timedelta(hours=24), description="reports: 'called back within SLA' "
+                                 "for callbacks the planner gave no SLA due time")
+    metrics_cache: Duration = Field(default=timedelta(seconds=10), description="reuse a scrape's figures this long")
+
+
 class SourcesSettings(_Section):
     queue_log: QueueLogSource | None = None
     cdr: CdrSource | None = None
+
+
+# -- SMS fallback, evaluation page, Twilio and Aliyun (issue 5) -------------------------------------
+def _secret_from_file(value: Any, file: Path | None, credential: str) -> Any:
+    """A secret given inline (or via CALLBACKD_*), else from `*_file`, else systemd's $CREDENTIALS_DIRECTORY."""
+    if value:
+        return value
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {file}: {exc}") from exc
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and (Path(cred_dir) / credential).is_file():
+        return (Path(cred_dir) / credential).read_text(encoding="utf-8").strip()
+    return value
+
+
+class SmsRoute(_Section):
+    prefix: str = Field(default="", description="E.164 prefix, e.g. '+86'; '' matches every number")
+    sender: Literal["console", "twilio", "aliyun"] = "console"
+    language: str | None = Field(default=None, description="template language for these numbers")
+
+
+class SmsSettings(_Section):
+    enabled: bool = True
+    hotline_name: dict[str, str] = Field(default_factory=lambda: {"zh-CN": "12345热线", "en": "12345 Hotline"})
+    language: Literal["zh-CN", "en"] = "zh-CN"
+    optout_words: dict[str, str] = Field(default_factory=lambda: {"zh-CN": "TD", "en": "STOP"})
+    after_first_failure: bool = Field(default=False, description="also send after a callback's first failed call")
+    max_segments: int = Field(default=3, ge=1, le=10)
+    templates: dict[str, str] = Field(default_factory=dict, description="'recall.zh-CN' = '...{link}...'")
+    routes: list[SmsRoute] = Field(default_factory=lambda: [SmsRoute()])
+    poll_interval: Duration = timedelta(seconds=15)
+    max_tries: int = Field(default=6, ge=1, le=50)
+    backoff: Duration = timedelta(seconds=30)
+    send_lease: Duration = timedelta(minutes=5)
+    console_path: Path | None = Field(default=None, description="console sender output; default "
+                                                                "<state_dir>/sms-outbox.jsonl")
+
+
+class TwilioSettings(_Section):
+    account_sid: str | None = None
+    auth_token: SecretStr | None = None
+    auth_token_file: Path | None = None
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    api_base_url: str | None = Field(default=None, description="send API calls here instead (a staging mock)")
+    timeout: Duration = timedelta(seconds=15)
+    # voice
+    agent_number: str | None = Field(default=None, description="who the citizen is connected to")
+    twiml_url: str | None = Field(default=None, description="TwiML URL for the call (instead of agent_number)")
+    machine_detection: bool = False
+    ring_timeout: int = Field(default=30, ge=5, le=600)
+    max_concurrent_calls: int = Field(default=2, ge=0, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_file(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            f = data.get("auth_token_file")
+            data = {**data, "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f else None,
+                                                            "twilio_auth_token")}
+        return data
+
+
+class AliyunSettings(_Section):
+    access_key_id: str | None = None
+    access_key_secret: SecretStr | None = None
+    access_key_secret_file: Path | None = None
+    sign_name: str | None = None
+    template_codes: dict[str, str] = Field(default_factory=dict, description="kind -> template code")
+    endpoint: str = "dysmsapi.aliyuncs.com"
+    protocol: Literal["https", "http"] = "https"
+    timeout: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_file(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            f = data.get("access_key_secret_file")
+            data = {**data, "access_key_secret": _secret_from_file(
+                data.get("access_key_secret"), Path(f) if f else None, "aliyun_access_key_secret")}
+        return data
+
+
+class RatingSettings(_Section):
+    link_ttl: Duration = timedelta(days=7)
+    base_url: str | None = Field(default=None, description="links start with this; default http.public_url")
+
+
+from .settings_schedule import DialerSettings, ScheduleSettings  # noqa: E402
 
 
 class Settings(_Section):
@@ -233,6 +421,13 @@ class Settings(_Section):
     retry: RetrySettings = RetrySettings()
     sources: SourcesSettings = SourcesSettings()
     http: HttpSettings = HttpSettings()
+    schedule: ScheduleSettings | None = None
+    dialer: DialerSettings = DialerSettings()
+    sms: SmsSettings = SmsSettings()
+    twilio: TwilioSettings = TwilioSettings()
+    aliyun: AliyunSettings = AliyunSettings()
+    rating: RatingSettings = RatingSettings()
+    console: ConsoleSettings = ConsoleSettings()
     #: where the settings came from (not a setting)
     origin: str = Field(default="<defaults>", exclude=True)
 
@@ -252,6 +447,9 @@ class Settings(_Section):
 
         data = self.model_dump(mode="json")
         data["store"]["url"] = redact_url(self.store_url)
+        for section, key in (("twilio", "auth_token"), ("aliyun", "access_key_secret")):
+            if data.get(section, {}).get(key):
+                data[section][key] = "(redacted)"
         return data
 
 

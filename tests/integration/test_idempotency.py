@@ -170,7 +170,8 @@ def two_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tu
     else:
         server = sa.engine.make_url(request.getfixturevalue("pg_database"))  # the server is up
         names = [f"callbackd_kill_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-        urls = tuple(server.set(database=n).render_as_string(hide_password=False) for n in names)  # type: ignore[assignment]
+        killed, clean = (server.set(database=n).render_as_string(hide_password=False) for n in names)
+        urls = (killed, clean)
         admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
         with admin.connect() as c:
             for n in names:
@@ -275,7 +276,6 @@ def test_sigkill_mid_import_then_again_equals_a_clean_import(two_databases: tupl
             raise
     at_kill = count(killed_url, "attempts")
     total = count(clean_url, "attempts")
-    print("AT_KILL", at_kill, total, first_commit)
     assert 0 < at_kill < total, f"not killed mid-import: {at_kill} of {total} attempts were in"
 
     with run("again", killed_cfg) as again:

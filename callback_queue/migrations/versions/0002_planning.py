@@ -19,6 +19,8 @@ def _columns() -> list[sa.Column]:
         sa.Column("sla_due_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("sla_breached_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("window_end", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("earliest_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("dialer", sa.String(length=16), nullable=True),
         sa.Column("dial_ref", sa.String(length=128), nullable=True),
         sa.Column("dial_started_at", sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,176 @@
+"""Off-peak calling windows in the hotline's time zone: weekdays, Chinese working days, holidays,
+quiet hours, closures, capacity. Pure: takes dates and rules, returns UTC intervals.
+
+Day types come from the `holidays` package: a public holiday uses the `holiday` windows, a working
+day (including a weekend day worked in exchange for a holiday, e.g. Saturday 2026-02-14 in China)
+uses the working-day windows, any other day the rest-day windows. Wall-clock times are turned into
+UTC with zoneinfo, so a window across a DST change is as long as the clock says it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    start: time
+    end: time   # end <= start means the range runs past midnight
+
+    @classmethod
+    def parse(cls, text: str) -> TimeRange:
+        try:
+            a, b = (x.strip() for x in text.split("-"))
+            return cls(time.fromisoformat(a), time.fromisoformat("00:00" if b == "24:00" else b))
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not a time range such as '12:00-13:30'") from exc
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """Callbacks a window can take: fixed, or floating agents × minutes ÷ average handle time."""
+
+    fixed: int | None = None
+    agents: int = 1
+    handle_time: timedelta = timedelta(minutes=6)
+
+    def of(self, length: timedelta) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        return int(self.agents * length.total_seconds() // self.handle_time.total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start: datetime       # UTC
+    end: datetime         # UTC
+    capacity: int
+    day: date             # local date it belongs to
+    day_type: str         # workday | restday | holiday
+    label: str            # e.g. "12:00-13:30"
+
+    @property
+    def length(self) -> timedelta:
+        return self.end - self.start
+
+    def contains(self, when: datetime) -> bool:
+        return self.start <= when < self.end
+
+
+@dataclass(frozen=True)
+class ScheduleRules:
+    tz: ZoneInfo
+    workday: tuple[TimeRange, ...] = ()
+    restday: tuple[TimeRange, ...] = ()
+    holiday: tuple[TimeRange, ...] = ()
+    #: per-weekday override of the working-day windows (e.g. longer on Fridays)
+    weekdays: dict[str, tuple[TimeRange, ...]] = field(default_factory=dict)
+    quiet: tuple[TimeRange, ...] = ()
+    closures: tuple[tuple[datetime, datetime], ...] = ()   # UTC intervals
+    capacity: Capacity = Capacity(fixed=20)
+    country: str | None = "CN"
+    subdivision: str | None = None
+
+    @cached_property
+    def _calendar(self):  # type: ignore[no-untyped-def]
+        if not self.country:
+            return None
+        import holidays
+
+        return holidays.country_holidays(self.country, subdiv=self.subdivision)
+
+    def day_type(self, d: date) -> str:
+        cal = self._calendar
+        if cal is None:
+            return "workday" if d.weekday() < 5 else "restday"
+        if d in cal:
+            return "holiday"
+        return "workday" if cal.is_working_day(d) else "restday"
+
+    def ranges_for(self, d: date) -> tuple[str, tuple[TimeRange, ...]]:
+        kind = self.day_type(d)
+        if kind == "holiday":
+            return kind, self.holiday
+        day = DAYS[d.weekday()]
+        if kind == "workday":
+            # a weekend day worked in exchange for a holiday gets the working-day windows
+            return kind, self.weekdays.get(day, self.workday) if d.weekday() < 5 else self.workday
+        return kind, self.weekdays.get(day, self.restday) if d.weekday() >= 5 else self.restday
+
+    def windows(self, start: datetime, end: datetime) -> list[Window]:
+        """Every window overlapping [start, end), in time order, with quiet hours and closures cut out."""
+        first = start.astimezone(self.tz).date() - timedelta(days=1)
+        last = end.astimezone(self.tz).date()
+        out: list[Window] = []
+        d = first
+        while d <= last:
+            kind, ranges = self.ranges_for(d)
+            for r in ranges:
+                for a, b in self._cut(_interval(d, r, self.tz), d):
+                    if b <= start or a >= end or b <= a:
+                        continue
+                    out.append(Window(a, b, self.capacity.of(b - a), d, kind, str(r)))
+            d += timedelta(days=1)
+        out.sort(key=lambda w: w.start)
+        return out
+
+    def _cut(self, interval: tuple[datetime, datetime], d: date) -> list[tuple[datetime, datetime]]:
+        blocks = [_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
+        blocks += list(self.closures)
+        return subtract([interval], blocks)
+
+    def is_quiet(self, when: datetime) -> bool:
+        d = when.astimezone(self.tz).date()
+        return any(a <= when < b for q in self.quiet for k in (-1, 0) for a, b in [_interval(d + timedelta(days=k),
+                                                                                             q, self.tz)])
+
+
+def _interval(d: date, r: TimeRange, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    a = _local(d, r.start, tz)
+    end_day = d if r.end > r.start else d + timedelta(days=1)
+    return a, _local(end_day, r.end, tz)
+
+
+def _local(d: date, t: time, tz: ZoneInfo) -> datetime:
+    """A wall-clock time as UTC. In a DST gap (02:30 that never happens) the clock's own reading
+    after the jump is used; in an overlap (01:30 twice) the first one."""
+    naive = datetime.combine(d, t)
+    aware = naive.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    if aware.astimezone(tz).replace(tzinfo=None) == naive:
+        return aware
+    # in a gap: the window starts when the clock jumps, i.e. the first instant whose wall time is later
+    earlier = naive.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    lo, hi = min(earlier, aware), max(earlier, aware)
+    while hi - lo > timedelta(seconds=1):
+        mid = lo + (hi - lo) / 2
+        if mid.astimezone(tz).replace(tzinfo=None) >= naive:
+            hi = mid
+        else:
+            lo = mid
+    return hi.replace(microsecond=0) if hi.microsecond == 0 else hi
+
+
+def subtract(intervals: Iterable[tuple[datetime, datetime]],
+             blocks: Sequence[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    out = list(intervals)
+    for ba, bb in blocks:
+        nxt: list[tuple[datetime, datetime]] = []
+        for a, b in out:
+            if bb <= a or ba >= b:
+                nxt.append((a, b))
+                continue
+            if a < ba:
+                nxt.append((a, ba))
+            if bb < b:
+                nxt.append((bb, b))
+        out = nxt
+    return [(a, b) for a, b in out if b > a]

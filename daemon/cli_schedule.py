@@ -1,0 +1,168 @@
+"""Admins' commands: what the schedule will do (`schedule preview`, `schedule learn`), `reload`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from .cli import Ctx, _store, cli, with_config
+
+
+@cli.group()
+def schedule() -> None:
+    """Off-peak windows: preview the plan, see learned windows."""
+
+
+def _rules_and_planner(obj: Ctx) -> tuple[Any, Any, Any]:
+    from callback_queue.clock import SystemClock
+
+    from .app import planner
+
+    s = obj.settings
+    if s.schedule is None:
+        raise click.ClickException("no [schedule] in the configuration: callbacks are due as soon as they open")
+    store = _store(obj)
+    p = planner(s, store, SystemClock())
+    return store, p.rules, p
+
+
+@schedule.command("preview")
+@click.option("--days", type=click.IntRange(1, 31), default=7, show_default=True)
+@click.option("--weeks", type=click.IntRange(1, 52), default=4, show_default=True,
+              help="Weeks of inbound traffic for the heatmap.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@with_config
+def preview(obj: Ctx, days: int, weeks: int, fmt: str) -> None:
+    """Per day: the windows, their capacity, the callbacks planned into each, SLA breaches ahead;
+    and a weekday × hour heatmap of inbound volume with the windows marked."""
+    from callback_queue.clock import SystemClock
+    from callback_queue.learning import hourly_volume
+    from callback_queue.windows import DAYS
+
+    store, rules, planner = _rules_and_planner(obj)
+    now = SystemClock().now()
+    planner.horizon = timedelta(days=days)
+    plan = planner.compute(now)
+    tz = rules.tz
+    per_window: dict[Any, list[Any]] = defaultdict(list)
+    for p in plan.placements:
+        if p.window is not None:
+            per_window[p.window.start].append(p)
+    volume = hourly_volume(store, tz, now - timedelta(weeks=weeks), now)
+    marked = _window_hours(rules, now, tz)
+    breaches = plan.breaches
+    if fmt == "json":
+        click.echo(json.dumps({
+            "timezone": str(tz), "generated_at": now.isoformat(),
+            "days": _days(plan, per_window, tz),
+            "sla_breaches": [{"callback_id": b.id, "planned": b.due_at.isoformat() if b.due_at else None}
+                             for b in breaches],
+            "unplaced": sum(1 for p in plan.placements if p.window is None),
+            "heatmap": {"weeks": weeks, "volume_per_hour": volume, "windows": marked},
+        }, ensure_ascii=False, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
+    t = Table(title=f"plan for the next {days} days (times in {tz})")
+    for c in ("day", "type", "window", "capacity", "planned", "free"):
+        t.add_column(c)
+    for d in _days(plan, per_window, tz):
+        if not d["windows"]:
+            t.add_row(d["date"], d["type"], "-", "", "", "")
+        for i, w in enumerate(d["windows"]):
+            t.add_row(d["date"] if i == 0 else "", d["type"] if i == 0 else "", w["window"], str(w["capacity"]),
+                      str(w["planned"]), str(w["capacity"] - w["planned"]))
+    con.print(t)
+    unplaced = sum(1 for p in plan.placements if p.window is None)
+    con.print(f"open callbacks: {len(plan.placements)}; unplaced in the horizon: {unplaced}; "
+              f"[{'red' if breaches else 'green'}]SLA breaches ahead: {len(breaches)}[/]")
+    for b in breaches[:20]:
+        when = b.due_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if b.due_at else "no window"
+        con.print(f"  callback {b.id}: planned {when}")
+    con.print(_heatmap(volume, marked, weeks, DAYS))
+
+
+def _days(plan: Any, per_window: dict[Any, list[Any]], tz: Any) -> list[dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for w in plan.windows:
+        key = w.day.isoformat()
+        day = out.setdefault(key, {"date": key, "type": w.day_type, "windows": []})
+        day["windows"].append({"window": f"{w.start.astimezone(tz):%H:%M}-{w.end.astimezone(tz):%H:%M}",
+                               "start": w.start.isoformat(), "end": w.end.isoformat(),
+                               "capacity": w.capacity, "planned": len(per_window.get(w.start, []))})
+    return list(out.values())
+
+
+def _window_hours(rules: Any, now: Any, tz: Any) -> dict[str, list[int]]:
+    """weekday -> local hours touched by a window, over the coming week."""
+    from callback_queue.windows import DAYS
+
+    hours: dict[str, set[int]] = {d: set() for d in DAYS}
+    for w in rules.windows(now, now + timedelta(days=7)):
+        t = w.start
+        while t < w.end:
+            local = t.astimezone(tz)
+            hours[DAYS[local.weekday()]].add(local.hour)
+            t += timedelta(minutes=30)
+    return {d: sorted(h) for d, h in hours.items()}
+
+
+def _heatmap(volume: dict[str, list[float]], marked: dict[str, list[int]], weeks: int, days: Any) -> Any:
+    from rich.text import Text
+
+    top = max((v for row in volume.values() for v in row), default=0) or 1
+    shades = " ░▒▓█"
+    text = Text(f"\ninbound calls per hour, average of the last {weeks} weeks ([ ] = callback window)\n")
+    text.append("      " + "".join(f"{h:<3d}" for h in range(24)) + "\n")
+    for d in days:
+        text.append(f"{d:<5} ")
+        for h in range(24):
+            v = volume[d][h]
+            shade = shades[min(4, int(v / top * 4.999))] * 2
+            style = f"on rgb({int(40 + 215 * v / top)},{int(80 - 60 * v / top)},60)"
+            cell = f"[{shade[0]}]" if h in marked[d] else f" {shade}"
+            text.append(cell[:3], style=style)
+        text.append(f"  max {max(volume[d]):.0f}/h\n")
+    return text
+
+
+@schedule.command("learn")
+@click.option("--weeks", type=click.IntRange(1, 52), default=None, help="Default: [schedule.learned] weeks.")
+@with_config
+def learn(obj: Ctx, weeks: int | None) -> None:
+    """Show the windows learned from traffic and why (whether or not [schedule.learned] is enabled)."""
+    from callback_queue.clock import SystemClock
+    from callback_queue.learning import learn_windows
+    from callback_queue.windows import TimeRange
+
+    store, rules, _ = _rules_and_planner(obj)
+    sc = obj.settings.schedule
+    result = learn_windows(store, SystemClock(), rules, weeks=weeks or sc.learned.weeks,
+                           allowed=tuple(TimeRange.parse(x) for x in sc.learned.allowed),
+                           min_hours=sc.learned.min_hours)
+    for line in result.explanation:
+        click.echo(line)
+
+
+@cli.command()
+@with_config
+def reload(obj: Ctx) -> None:
+    """Ask the running daemon to re-read its configuration (same as SIGHUP)."""
+    pid_file = obj.settings.daemon.state_dir / "callbackd.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        raise click.ClickException(f"no {pid_file}: is the daemon running with this configuration?") from None
+    except (ValueError, ProcessLookupError):
+        raise click.ClickException(f"{pid_file} names no running daemon") from None
+    click.echo(f"sent SIGHUP to {pid}")

@@ -1,0 +1,1 @@
+"""Automatic dialers: implementations of callback_queue.dialing.Dialer (AMI Originate, Twilio Calls)."""

@@ -1,0 +1,184 @@
+"""Dispatch: APScheduler times the planner and the dialer; our tables hold the work.
+
+Jobs (all `max_instances=1`, `coalesce=True`):
+- `plan`: re-plans open callbacks into windows (every `[schedule] replan_interval`, at every window
+  opening and closing, and on reload);
+- `dispatch`: claims due callbacks up to the free dialer slots and places them (automatic dialers only);
+- `reconcile`: asks the dialer how calls whose lease ran out ended (after a crash or a lost event).
+In manual mode there is no dialer: planned callbacks become due for operators at the window start.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from callback_queue.dialing import Dialer, DialQueue, DialRequest, DialResult
+from callback_queue.retry import DialOutcome
+
+from .app import Daemon, planner, register_component
+from .logs import get_logger
+
+#: dialer kind -> builder(daemon) -> Dialer (the AMI and Twilio modules register theirs)
+DIALERS: dict[str, Callable[[Daemon], Dialer]] = {}
+
+
+class DialError(Exception):
+    """The call could not be placed."""
+
+
+class Dispatcher:
+    """Claims due callbacks for an automatic dialer, places them, records how they end."""
+
+    def __init__(self, dq: DialQueue, dialer: Dialer, *, worker: str | None = None,
+                 lease: timedelta = timedelta(minutes=10), in_window: Callable[[], bool] = lambda: True) -> None:
+        self.dq = dq
+        self.dialer = dialer
+        self.worker = worker or f"{dialer.kind}@{socket.gethostname()}"
+        self.lease = lease
+        self.in_window = in_window
+        self.log = get_logger("callbackd.dispatch")
+        self.placed = 0
+
+    @property
+    def actor(self) -> str:
+        return f"dialer:{self.dialer.kind}"
+
+    def tick(self) -> int:
+        """Place as many due calls as the dialer has free slots for. Returns how many were placed."""
+        if not self.in_window():
+            return 0
+        free = self.dialer.free_slots()
+        if free <= 0:
+            return 0
+        requests = self.dq.claim_for_dial(self.dialer.kind, self.worker, free, lease=self.lease)
+        for req in requests:
+            self._place(req)
+        return len(requests)
+
+    def _place(self, req: DialRequest) -> None:
+        try:
+            self.dialer.place(req)
+        except Exception as exc:  # noqa: BLE001 - any failure to send ends this call as failed
+            self.log.warning("dial.not_placed", callback_id=req.callback_id, error=str(exc))
+            self.dq.record(DialResult(req.dial_ref, DialOutcome.FAILED, {"error": str(exc)}), self.actor)
+            return
+        self.placed += 1
+        self.log.info("dial.placed", callback_id=req.callback_id, dial_ref=req.dial_ref, attempt=req.attempt)
+
+    def on_result(self, result: DialResult) -> None:
+        cb = self.dq.record(result, self.actor)
+        if cb is None:
+            self.log.info("dial.stale_result", dial_ref=result.dial_ref, outcome=result.outcome.value)
+        else:
+            self.log.info("dial.ended", callback_id=cb.id, outcome=result.outcome.value, state=cb.state.value)
+
+    def reconcile(self) -> int:
+        """Calls whose lease ran out: ask the dialer how they ended; never dial them again blindly."""
+        now = self.dq.clock.now()
+        done = 0
+        for cb in self.dq.in_flight(self.dialer.kind):
+            if cb.lease_until is None or cb.lease_until > now or cb.dial_ref is None:
+                continue
+            try:
+                outcome = self.dialer.status(cb.dial_ref, cb.dial_started_at or now)
+            except Exception as exc:  # noqa: BLE001 - try again on the next run
+                self.log.warning("dial.reconcile_failed", callback_id=cb.id, error=str(exc))
+                continue
+            if outcome is None:
+                continue
+            self.dq.record(DialResult(cb.dial_ref, outcome, {"reconciled": True}), self.actor)
+            done += 1
+        return done
+
+    def start(self) -> None:
+        self.dialer.start(self.on_result)
+
+    def stop(self) -> None:
+        self.dialer.stop()
+
+
+class Scheduling:
+    """The component: the planner job and, with an automatic dialer, the dispatcher."""
+
+    name = "scheduling"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        s = daemon.settings
+        self.log = get_logger("callbackd.schedule")
+        self.planner = planner(s, daemon.store, daemon.clock) if s.schedule is not None else None
+        self.dispatcher: Dispatcher | None = None
+        kind = s.dialer.kind
+        if kind != "manual":
+            if kind not in DIALERS:
+                raise RuntimeError(f"dialer {kind!r} is not available")
+            self.dispatcher = Dispatcher(DialQueue(daemon.queue), DIALERS[kind](daemon), lease=s.dialer.lease,
+                                         in_window=self._in_window)
+
+    def _in_window(self) -> bool:
+        if self.planner is None:
+            return True
+        now = self.daemon.clock.now()
+        return any(w.contains(now) for w in self.planner.rules.windows(now - timedelta(hours=1),
+                                                                       now + timedelta(minutes=1)))
+
+    def replan(self) -> None:
+        if self.planner is None:
+            return
+        report = self.planner.replan()
+        for cid in report.new_breaches:
+            self.log.warning("planner.sla_breach", callback_id=cid)
+        if report.moved or report.new_breaches or report.unplaced:
+            self.log.info("planner.replanned", planned=report.planned, moved=report.moved,
+                          unplaced=report.unplaced, sla_breaches=len(report.new_breaches))
+
+    def start(self) -> None:
+        d = self.daemon
+        sc = d.settings.schedule
+        d.add_job("plan", self.replan, sc.replan_interval.total_seconds() if sc else 60.0)
+        if self.planner is not None:
+            self._window_jobs()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+            d.add_job("dispatch", self.dispatcher.tick, 2.0)
+            d.add_job("reconcile", self.dispatcher.reconcile, 30.0)
+
+    def _window_jobs(self) -> None:
+        """Re-plan at every window opening and closing of the next day (re-armed daily)."""
+        assert self.planner is not None
+        now = self.daemon.clock.now()
+        sched = self.daemon.scheduler
+        for job in sched.get_jobs():
+            if job.id.startswith("window:"):
+                job.remove()
+        for w in self.planner.rules.windows(now, now + timedelta(days=1, hours=1)):
+            for edge, what in ((w.start, "open"), (w.end, "close")):
+                if edge > now:
+                    sched.add_job(self._edge, "date", run_date=edge, args=[what, w.label],
+                                  id=f"window:{what}:{edge.isoformat()}", replace_existing=True)
+        sched.add_job(self._window_jobs, "date", run_date=now + timedelta(days=1), id="window:rearm",
+                      replace_existing=True)
+
+    def _edge(self, what: str, label: str) -> None:
+        self.log.info(f"window.{what}ed" if what == "open" else "window.closed", window=label)
+        self.replan()
+
+    def reload(self, settings: Any) -> None:
+        """New windows: rebuild the rules and re-plan open work now (nothing is dialed twice: calls
+        under way keep their place, and claims are still leases)."""
+        self.planner = planner(settings, self.daemon.store, self.daemon.clock) if settings.schedule else None
+        if self.planner is not None:
+            self._window_jobs()
+            self.replan()
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+
+
+@register_component
+def _build(daemon: Daemon) -> Any:
+    return Scheduling(daemon)

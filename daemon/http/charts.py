@@ -1,0 +1,63 @@
+"""Inline SVG charts for the console: no JavaScript, no build step, printable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from markupsafe import Markup, escape
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+PALETTE = ("#1f6feb", "#2da44e", "#bf8700", "#8250df", "#cf222e", "#0a7f8c")
+
+
+def heatmap(grid: Sequence[Sequence[int]], peak: int, windows: Sequence[tuple[int, int, int]] = ()) -> Markup:
+    """Weekday (rows) x hour (columns); `windows` are (weekday, start hour, end hour) outlines."""
+    cw, ch, left, top = 30, 26, 44, 22
+    w, h = left + 24 * cw + 4, top + 7 * ch + 4
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="heatmap" viewBox="0 0 {w} {h}" width="{w}" '
+           f'height="{h}" role="img" aria-label="inbound calls per weekday and hour">']
+    for hr in range(24):
+        out.append(f'<text x="{left + hr * cw + cw / 2}" y="14" text-anchor="middle" class="axis">{hr:02d}</text>')
+    for d, row in enumerate(grid):
+        y = top + d * ch
+        out.append(f'<text x="{left - 6}" y="{y + ch * 0.65}" text-anchor="end" class="axis">{WEEKDAYS[d]}</text>')
+        for hr, n in enumerate(row):
+            level = n / peak if peak else 0.0
+            fill = f"rgba(207,34,46,{0.06 + 0.94 * level:.3f})" if n else "#f6f8fa"
+            out.append(f'<rect x="{left + hr * cw}" y="{y}" width="{cw - 2}" height="{ch - 2}" fill="{fill}" '
+                       f'data-day="{d}" data-hour="{hr}"><title>{WEEKDAYS[d]} {hr:02d}:00 — {n} calls</title></rect>')
+    for d, start, end in windows:
+        out.append(f'<rect x="{left + start * cw - 1}" y="{top + d * ch - 1}" width="{(end - start) * cw}" '
+                   f'height="{ch}" class="window"/>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def bars(rows: Sequence[Any], fields: Sequence[str]) -> Markup:
+    """Grouped bars: one group per period, one bar per field, with a legend."""
+    n = max(len(rows), 1)
+    group = max(len(fields) * 7 + 6, 720 // n)
+    bw = max(2, (group - 6) // len(fields))
+    left, top, height = 40, 28, 160
+    w = left + n * group + 10
+    peak = max([getattr(r, f) for r in rows for f in fields] + [1])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="bars" viewBox="0 0 {w} {top + height + 34}" '
+           f'width="{w}" height="{top + height + 34}" role="img">']
+    for i, f in enumerate(fields):
+        out.append(f'<rect x="{left + i * 130}" y="4" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
+                   f'<text x="{left + i * 130 + 14}" y="13" class="axis">{escape(f.replace("_", " "))}</text>')
+    out.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="axis">{peak}</text>'
+               f'<line x1="{left}" y1="{top + height}" x2="{w - 10}" y2="{top + height}" class="base"/>')
+    for g, r in enumerate(rows):
+        x0 = left + g * group + 3
+        for i, f in enumerate(fields):
+            v = getattr(r, f)
+            bh = height * v / peak
+            out.append(f'<rect x="{x0 + i * bw}" y="{top + height - bh:.1f}" width="{max(bw - 1, 1)}" '
+                       f'height="{bh:.1f}" fill="{PALETTE[i % len(PALETTE)]}"><title>{escape(r.period)} '
+                       f'{escape(f.replace("_", " "))}: {v}</title></rect>')
+        if n <= 16 or g % max(1, n // 12) == 0:
+            out.append(f'<text x="{x0}" y="{top + height + 14}" class="axis small">{escape(r.period[-5:])}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -1,0 +1,117 @@
+"""Settings for planning and dialing: [schedule] (off-peak windows) and [dialer]."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+
+
+def _duration(v: Any) -> timedelta:
+    from .settings import parse_duration
+
+    return parse_duration(v)
+
+
+def _fmt(v: timedelta) -> str:
+    from .settings import format_duration
+
+    return format_duration(v)
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(_fmt, when_used="json")]
+
+
+def _ranges(v: Any) -> list[str]:
+    from callback_queue.windows import TimeRange
+
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list):
+        raise ValueError('a list of time ranges such as ["12:00-13:30", "18:30-20:30"] is needed')
+    for item in v:
+        TimeRange.parse(str(item))
+    return [str(x) for x in v]
+
+
+Ranges = Annotated[list[str], BeforeValidator(_ranges)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CapacitySettings(_Section):
+    fixed: int | None = Field(default=None, ge=0, description="callbacks per window, whatever its length")
+    agents: int = Field(default=2, ge=0, description="floating agents calling back during a window")
+    handle_time: Duration = timedelta(minutes=6)
+
+    @field_validator("handle_time")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("handle_time must be more than 0")
+        return v
+
+
+class LearnedSettings(_Section):
+    enabled: bool = False
+    weeks: int = Field(default=4, ge=1, le=52)
+    allowed: Ranges = Field(default_factory=lambda: ["08:30-21:00"], description="hours callbacks may be placed")
+    min_hours: int = Field(default=1, ge=1, le=24)
+
+
+class ScheduleSettings(_Section):
+    """Off-peak windows. Absent: callbacks are due as soon as they open (no planning)."""
+
+    workday: Ranges = Field(default_factory=lambda: ["12:00-13:30", "18:30-20:30"])
+    restday: Ranges = Field(default_factory=lambda: ["10:00-12:00", "15:00-17:00"])
+    holiday: Ranges = Field(default_factory=list)
+    weekdays: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], Ranges] = Field(default_factory=dict)
+    quiet_hours: Ranges = Field(default_factory=lambda: ["21:00-08:30"])
+    closures: list[str] = Field(default_factory=list, description="dates (2026-10-01) or ranges "
+                                                                  "(2026-12-24T18:00/2026-12-25T08:00), local time")
+    country: str | None = "CN"
+    subdivision: str | None = None
+    capacity: CapacitySettings = CapacitySettings()
+    sla: Duration = timedelta(hours=24)
+    horizon: Duration = timedelta(days=7)
+    replan_interval: Duration = timedelta(minutes=1)
+    learned: LearnedSettings = LearnedSettings()
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        import holidays
+
+        if v.upper() not in holidays.list_supported_countries():
+            raise ValueError(f"the holidays package has no calendar for {v!r}")
+        return v.upper()
+
+    @field_validator("closures")
+    @classmethod
+    def _closures(cls, v: list[str]) -> list[str]:
+        from datetime import date, datetime
+
+        for item in v:
+            try:
+                if "/" in item:
+                    a, b = item.split("/")
+                    datetime.fromisoformat(a), datetime.fromisoformat(b)
+                else:
+                    date.fromisoformat(item)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a date or a start/end range") from exc
+        return v
+
+
+class DialerSettings(_Section):
+    """Who places callbacks: operators from the list (manual), or the PBX / Twilio automatically."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # [dialer.ami], [dialer.twilio] are their modules'
+    kind: Literal["manual", "ami", "twilio"] = "manual"
+    lease: Duration = Field(default=timedelta(minutes=10),
+                            description="how long a placed call may take before it is reconciled")

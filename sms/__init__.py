@@ -1,0 +1,1 @@
+"""SMS fallback: senders, templates, segment counting, evaluation links and the outbox worker."""
