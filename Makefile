@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench lint clean
+.PHONY: demo test test-deps setup bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,15 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/callbackd demo --dir demo
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# What the browser and Twilio-mock tests need on a fresh machine (CI runs as root): Debian's chromium
+# and a CJK font for the rating page, and the pinned Prism from tools/prism/package-lock.json.
+test-deps:
+	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then \
+		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
+	@[ -x tools/prism/node_modules/.bin/prism ] || (cd tools/prism && npm ci --no-audit --no-fund --silent)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/ingest.py

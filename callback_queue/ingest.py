@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,7 +51,14 @@ ON CONFLICT (system, call_id) DO UPDATE SET
                  WHEN excluded.outcome = 'connected' OR attempts.outcome = 'connected' THEN 'connected'
                  ELSE 'failed' END,
   reason = CASE WHEN {take} THEN excluded.reason ELSE attempts.reason END,
-  wait_seconds = CASE WHEN {take} THEN excluded.wait_seconds ELSE attempts.wait_seconds END,
+  wait_seconds = CASE
+    WHEN excluded.rank = attempts.rank AND excluded.outcome = 'failed' AND attempts.outcome = 'failed'
+         AND excluded.ended_ts IS NOT NULL AND attempts.ended_ts IS NOT NULL
+      -- one call seen in pieces (CDR records per ring attempt, queue visits): the caller waited
+      -- from the first piece's start to the last one's end
+      THEN (CASE WHEN excluded.ended_ts > attempts.ended_ts THEN excluded.ended_ts ELSE attempts.ended_ts END)
+         - (CASE WHEN excluded.started_ts < attempts.started_ts THEN excluded.started_ts ELSE attempts.started_ts END)
+    WHEN {take} THEN excluded.wait_seconds ELSE attempts.wait_seconds END,
   queue = CASE WHEN {take} THEN excluded.queue ELSE attempts.queue END,
   origin = CASE WHEN excluded.rank > attempts.rank THEN excluded.origin ELSE attempts.origin END,
   rank = CASE WHEN excluded.rank > attempts.rank THEN excluded.rank ELSE attempts.rank END
@@ -108,6 +115,9 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         )
         src = new if take else old
         out["reason"], out["wait_seconds"], out["queue"] = src["reason"], src["wait_seconds"], src["queue"]
+        if (old["outcome"] == new["outcome"] == "failed" and old["ended_ts"] is not None
+                and new["ended_ts"] is not None):
+            out["wait_seconds"] = out["ended_ts"] - out["started_ts"]
         out["origin"] = old["origin"]
     return out
 
@@ -135,10 +145,14 @@ class IngestResult:
 class Ingestor:
     """Writes batches of attempts and opens/cancels callbacks as detection says."""
 
-    def __init__(self, store: Store, clock: Clock, rules: DetectRules) -> None:
+    def __init__(self, store: Store, clock: Clock, rules: DetectRules,
+                 on_opened: Callable[[list[int]], None] | None = None) -> None:
         self.store = store
         self.clock = clock
         self.rules = rules
+        #: called after a commit that opened callbacks (the daemon plans them right away)
+        self.on_opened = on_opened
+        self._since_analyze = 0
 
     def ingest(
         self,
@@ -164,15 +178,24 @@ class Ingestor:
             if cursor is not None:
                 save_cursor(conn, cursor, now)
             self._detect(conn, rows.values(), now, result)
+        if result.opened and self.on_opened is not None:
+            self.on_opened(result.opened)
+        self._since_analyze += len(rows)
+        if self._since_analyze >= 50_000 and not self.store.is_sqlite:
+            # a bulk import into a young table: fresh statistics keep the detection query on its index
+            with self.store.write() as conn:
+                conn.exec_driver_sql("ANALYZE attempts")
+            self._since_analyze = 0
         return result
 
     # -- dead letters -------------------------------------------------------------
     def _dead_letters(self, conn: Connection, dead: Sequence[DeadLetter], now: datetime) -> int:
         values = []
         for d in dead:
-            digest = hashlib.sha256(
-                d.source.encode() + b"\0" + d.position.encode() + b"\0" + d.raw
-            ).hexdigest()
+            # the same line of the same file is stored once, whatever the path it was read under
+            # (a rotated, renamed or gzipped copy): the digest takes the offset, not the path
+            where = d.position.rsplit(":", 1)[-1]
+            digest = hashlib.sha256(d.source.encode() + b"\0" + where.encode() + b"\0" + d.raw).hexdigest()
             values.append({"source": d.source, "position": d.position[:512], "raw": d.raw,
                            "reason": d.reason, "digest": digest, "created_at": now})
         stmt = _insert_ignore(conn, t.dead_letters)
@@ -197,11 +220,16 @@ class Ingestor:
                       result: IngestResult) -> None:
         cb = t.callbacks
         open_eps: dict[str, OpenEpisode] = {}
+        untouched: dict[str, tuple[int, int]] = {}  # open, never worked: (episode start, trigger)
         for row in conn.execute(
-            sa.select(cb.c.id, cb.c.number, cb.c.episode_start, cb.c.failures)
+            sa.select(cb.c.id, cb.c.number, cb.c.episode_start, cb.c.failures, cb.c.state, cb.c.dial_attempts,
+                      cb.c.triggered_at, cb.c.kind)
             .where(cb.c.number.in_(numbers), cb.c.state.in_(_OPEN))
         ):
             open_eps[row.number] = OpenEpisode(row.id, int(row.episode_start.timestamp()), row.failures)
+            if (row.kind == "recall" and row.dial_attempts == 0
+                    and row.state in (State.PENDING.value, State.SCHEDULED.value)):
+                untouched[row.number] = (int(row.episode_start.timestamp()), int(row.triggered_at.timestamp()))
         boundary: dict[str, int] = {}
         for number, closed in conn.execute(
             sa.select(cb.c.number, sa.func.max(cb.c.closed_at))
@@ -224,6 +252,9 @@ class Ingestor:
                 AttemptView(row.id, row.started_ts, row.call_id, Outcome(row.outcome), row.reason, row.wait_seconds)
             )
         for number in numbers:
+            if number in untouched and self._rederive(conn, number, per_number[number], open_eps[number],
+                                                      untouched[number], now_ts, boundary.get(number), now):
+                continue
             actions = detect(per_number[number], now_ts=now_ts, rules=self.rules,
                              open_episode=open_eps.get(number), closed_boundary_ts=boundary.get(number))
             for action in actions:
@@ -240,6 +271,44 @@ class Ingestor:
                     if self._cancel(conn, action, now):
                         result.cancelled.append(action.callback_id)
 
+    def _rederive(self, conn: Connection, number: str, views: list[AttemptView], ep: OpenEpisode,
+                  stored: tuple[int, int], now_ts: int, boundary: int | None, now: datetime) -> bool:
+        """A callback nobody has worked yet follows its attempts when a better source re-classifies them
+        (queue_log over CDR): its episode moves, or it is cancelled if the streak is gone. Returns
+        True when it handled the number."""
+        fresh = detect(views, now_ts=now_ts, rules=self.rules, open_episode=None, closed_boundary_ts=boundary)
+        opens = [a for a in fresh if isinstance(a, Open)]
+        current = opens[-1] if opens and opens[-1].cancelled_by is None else None
+        if current is None:
+            if opens:  # the streak ended with a connected call: the usual path cancels it
+                return False
+            self._close_reclassified(conn, ep.callback_id, now)
+            return True
+        if (current.episode_start_ts, current.triggered_ts) == stored:
+            return False
+        cb = t.callbacks
+        conn.execute(sa.update(cb).where(cb.c.id == ep.callback_id).values(
+            episode_start=utc_from_ts(current.episode_start_ts), triggered_at=utc_from_ts(current.triggered_ts),
+            last_failed_at=utc_from_ts(current.last_failed_ts), failures=current.failures, updated_at=now))
+        conn.execute(sa.delete(t.callback_attempts).where(t.callback_attempts.c.callback_id == ep.callback_id))
+        self._link(conn, ep.callback_id, current.attempt_ids)
+        ev = t.callback_events
+        conn.execute(sa.update(ev).where(ev.c.callback_id == ep.callback_id, ev.c.event == "opened",
+                                         ev.c.actor == "detector")
+                     .values(at=utc_from_ts(current.triggered_ts),
+                             detail=json.dumps({"threshold": self.rules.threshold,
+                                                "trigger_call_id": current.trigger_call_id}, sort_keys=True)))
+        return True
+
+    def _close_reclassified(self, conn: Connection, callback_id: int, now: datetime) -> None:
+        cb = t.callbacks
+        state = conn.execute(sa.select(cb.c.state).where(cb.c.id == callback_id)).scalar()
+        conn.execute(sa.update(cb).where(cb.c.id == callback_id).values(
+            state=State.CANCELLED.value, outcome="reclassified", closed_at=now, updated_at=now,
+            close_reason="a more exact source re-classified the attempts: no longer a streak of failures"))
+        conn.execute(t.callback_events.insert(), [_ev(callback_id, now, "detector", "cancelled", state,
+                                                      State.CANCELLED, {"reason": "reclassified"})])
+
     def _open(self, conn: Connection, number: str, action: Open, now: datetime) -> int | None:
         triggered = utc_from_ts(action.triggered_ts)
         values: dict[str, Any] = {
@@ -252,6 +321,10 @@ class Ingestor:
         if by is not None:
             values.update(state=State.CANCELLED.value, closed_at=utc_from_ts(by.started_ts),
                           outcome="self-resolved", close_reason=f"got through on call {by.call_id}")
+        elif conn.execute(sa.select(t.do_not_contact.c.number).where(t.do_not_contact.c.number == number)).first():
+            # the citizen asked not to be contacted (STOP / 退订): record the episode, never call
+            values.update(state=State.CANCELLED.value, closed_at=now, outcome="do-not-contact",
+                          close_reason="number is on the do-not-contact list")
         stmt = _insert_ignore(conn, t.callbacks).returning(t.callbacks.c.id)
         cid = conn.execute(stmt, values).scalar()
         if cid is None:
@@ -261,6 +334,9 @@ class Ingestor:
         if by is not None:
             events.append(_ev(cid, utc_from_ts(by.started_ts), "detector", "cancelled", State.PENDING,
                               State.CANCELLED, {"reason": "self-resolved", "call_id": by.call_id}))
+        elif values.get("outcome") == "do-not-contact":
+            events.append(_ev(cid, now, "detector", "cancelled", State.PENDING, State.CANCELLED,
+                              {"reason": "do-not-contact"}))
         conn.execute(t.callback_events.insert(), events)
         self._link(conn, cid, action.attempt_ids)
         return cid

@@ -58,7 +58,7 @@ class Normalizer:
     def normalize(self, raw: str | None) -> str | None:
         if raw is None:
             return None
-        if raw.isdigit() and raw not in self._ignore and not self._ignore_res:
+        if raw.isdigit() and raw.isascii() and raw not in self._ignore and not self._ignore_res:
             # the common case: a national number as the PBX logs it
             n = len(raw)
             if n <= self.rules.internal_max_digits:
@@ -115,7 +115,7 @@ class Normalizer:
                 return None
         compact = _CLEAN.sub("", value)
         digits = compact[1:] if compact.startswith("+") else compact
-        if not digits.isdigit() or len(digits) <= self.rules.internal_max_digits:
+        if not (digits.isascii() and digits.isdigit()) or len(digits) <= self.rules.internal_max_digits:
             return None
         if compact.startswith("+") or compact.startswith("00"):
             return self._parse(compact)

@@ -71,9 +71,11 @@ class CallbackQueue:
 
     def due_clause(self, now: datetime) -> Any:
         """SQL condition: claimable right now (shared by operator claims and dialers)."""
+        # never a number on the do-not-contact list (STOP / 退订 replies, operators)
+        listed = sa.exists().where(t.do_not_contact.c.number == cb.c.number)
         if self.planned:
-            return sa.and_(cb.c.state.in_(_PLANNED), cb.c.due_at <= now, cb.c.window_end > now)
-        return sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now)
+            return sa.and_(cb.c.state.in_(_PLANNED), cb.c.due_at <= now, cb.c.window_end > now, ~listed)
+        return sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now, ~listed)
 
     # -- reading ------------------------------------------------------------------
     def list(self, *, states: list[str] | None = None, due: bool = False, limit: int | None = None,

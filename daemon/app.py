@@ -124,7 +124,7 @@ def cdr_parser(s: Settings, norm: Normalizer) -> Any:
 
 
 #: modules that register components or HTTP routes when imported (each feature adds its own)
-FEATURE_MODULES: list[str] = ["daemon.dispatch"]
+FEATURE_MODULES: list[str] = ["daemon.dispatch", "daemon.ami.source", "daemon.ami.dialer"]
 FEATURE_MODULES.append("sms.feature")  # SMS outbox, rating page, Twilio webhooks (issue 5)
 FEATURE_MODULES += ["daemon.http.api", "daemon.http.console", "daemon.http.metrics"]  # console, API (issue 6)
 #: builders called with the Daemon; each returns a component (start/stop/name) or None
@@ -172,7 +172,7 @@ class Daemon:
 
         s = self.settings
         norm = normalizer(s)
-        self.ingestor = Ingestor(self.store, self.clock, detect_rules(s))
+        self.ingestor = Ingestor(self.store, self.clock, detect_rules(s), on_opened=self._opened)
         self.services = Services(settings=s, store=self.store, clock=self.clock, queue=self.queue)
         if s.sources.queue_log:
             src = s.sources.queue_log
@@ -184,6 +184,17 @@ class Daemon:
             self.tails.append((TailRunner(f"cdr:{src2.system}", src2.path, cdr_parser(s, norm), self.ingestor,
                                           start_at_end=src2.start_at == "end", log=self.log),
                                src2.poll_interval))
+
+    def _opened(self, ids: list[int]) -> None:
+        for comp in self.components:
+            hook = getattr(comp, "callbacks_opened", None)
+            if hook is not None:
+                hook(ids)
+
+    def run_job_now(self, name: str) -> None:
+        """Bring an interval job forward (e.g. plan new callbacks without waiting for the next tick)."""
+        if self.scheduler is not None and self.scheduler.get_job(name) is not None:
+            self.scheduler.modify_job(name, next_run_time=_now())
 
     def add_job(self, name: str, fn: Callable[[], Any], seconds: float, **trigger: Any) -> None:
         """An APScheduler interval job whose failures are logged once per change, not once per tick."""

@@ -11,6 +11,7 @@ In manual mode there is no dialer: planned callbacks become due for operators at
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -111,6 +112,7 @@ class Scheduling:
         self.log = get_logger("callbackd.schedule")
         self.planner = planner(s, daemon.store, daemon.clock) if s.schedule is not None else None
         self.dispatcher: Dispatcher | None = None
+        self._dirty = threading.Event()
         kind = s.dialer.kind
         if kind != "manual":
             if kind not in DIALERS:
@@ -126,6 +128,14 @@ class Scheduling:
                                                                        now + timedelta(minutes=1)))
 
     def replan(self) -> None:
+        # callbacks opened while a replan runs set the flag again: plan once more for them
+        for _ in range(10):
+            self._dirty.clear()
+            self._replan_once()
+            if not self._dirty.is_set():
+                return
+
+    def _replan_once(self) -> None:
         if self.planner is None:
             return
         report = self.planner.replan()
@@ -165,6 +175,11 @@ class Scheduling:
     def _edge(self, what: str, label: str) -> None:
         self.log.info(f"window.{what}ed" if what == "open" else "window.closed", window=label)
         self.replan()
+
+    def callbacks_opened(self, ids: list[int]) -> None:
+        """New callbacks are planned at once, not at the next replan tick."""
+        self._dirty.set()
+        self.daemon.run_job_now("plan")
 
     def reload(self, settings: Any) -> None:
         """New windows: rebuild the rules and re-plan open work now (nothing is dialed twice: calls

@@ -27,6 +27,7 @@ from pydantic import (
 
 from callback_queue.attempts import FAILURE_REASONS
 from callback_queue.errors import ConfigError
+from daemon.ami.settings import AmiSourceSettings
 
 ENV_PREFIX = "CALLBACKD_"
 DEFAULT_PATHS = (Path("/etc/callbackd/callbackd.toml"), Path("config/callbackd.toml"))
@@ -319,6 +320,7 @@ class ConsoleSettings(_Section):
 class SourcesSettings(_Section):
     queue_log: QueueLogSource | None = None
     cdr: CdrSource | None = None
+    ami: list[AmiSourceSettings] = Field(default_factory=list, description="[[sources.ami]]: one per PBX")
 
 
 # -- SMS fallback, evaluation page, Twilio and Aliyun (issue 5) -------------------------------------

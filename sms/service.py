@@ -81,6 +81,9 @@ class SmsComponent:
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         self.outbox = build_outbox(daemon.settings, daemon.store, daemon.clock, log=daemon.log)
+        if not (daemon.settings.http.public_url or daemon.settings.rating.base_url):
+            daemon.log.warning("sms.no_public_url", links=self.outbox.config.link_base,
+                               hint="set [http] public_url: citizens open the rating link from their phones")
 
     def start(self) -> None:
         self.daemon.add_job("sms:outbox", self.outbox.tick, self.daemon.settings.sms.poll_interval.total_seconds())

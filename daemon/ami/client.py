@@ -165,8 +165,12 @@ class _Client(AMIClient):  # type: ignore[misc]
                 out.append(line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 if not line.lower().startswith(tuple(k.encode() for k in _NAME_KEYS)):
-                    key = line.split(b":", 1)[0].decode("ascii", "replace")[:40]
-                    self._on_bad(raw + b"\r\n\r\n", f"invalid UTF-8 in {key!r} (byte {e.start} of that line)")
+                    if b": " not in line:
+                        why = f"not an AMI packet: invalid UTF-8 (byte {e.start}) in a line that is no 'Key: Value'"
+                    else:
+                        key = line.split(b":", 1)[0].decode("ascii", "replace")[:40]
+                        why = f"invalid UTF-8 in {key!r} (byte {e.start} of that line)"
+                    self._on_bad(raw + b"\r\n\r\n", why)
                     return None
                 out.append(line.decode("utf-8", "replace"))
         return "\r\n".join(out)
@@ -363,7 +367,7 @@ class AmiLink:
 
     def _connect(self) -> _Client:
         client = _Client(self.host, self.port, timeout=self.socket_timeout, on_bad=self._bad)
-        client.add_listener(on_event=self._on_event)
+        client.add_listener(on_event=self._on_event, on_unknown=self._on_unknown)
         try:
             client.connect()
         except OSError:
@@ -461,6 +465,9 @@ class AmiLink:
             self.on_bad(raw, why)
         except Exception as exc:  # noqa: BLE001
             self.log.error("ami.dead_letter_failed", error=str(exc))
+
+    def _on_unknown(self, source: Any, pack: str) -> None:
+        self._bad(pack.encode("utf-8", "replace") + b"\r\n\r\n", "unrecognised AMI packet (no 'Key: Value' first line)")
 
     def _on_event(self, source: Any, event: Any) -> None:
         name = event.name.lower()

@@ -85,6 +85,7 @@ class AmiReducer:
         uid = keys.get("uniqueid")
         if not uid:
             return None
+        read_at = ts
         stamp = keys.get("timestamp")
         if stamp:
             try:
@@ -122,7 +123,7 @@ class AmiReducer:
             leg.queue = leg.queue or keys.get("queue")
             leg.abandon_ts = t
             leg.abandon_hold = _int(keys.get("holdtime"))
-            leg.abandon_seen_at = ts
+            leg.abandon_seen_at = read_at
             if leg.hangup_requested:
                 return self._settle(uid, leg, now_reason="abandon")
             if leg.status is not None:

@@ -23,12 +23,12 @@ from callback_queue.queue import CallbackDetail
 from callback_queue.users import Role, User
 
 from .api_schema import (
+    E164_RE,
     MAX_ID,
     REF_CALLBACK,
     REF_PAGE,
     CancelBody,
     ClaimBody,
-    E164_RE,
     CloseBody,
     DncBody,
     FollowupBody,
@@ -287,8 +287,20 @@ def api_routes(services: Services) -> list[BaseRoute]:
                                   headers={"Allow": ", ".join(allowed)})
         return error_response(404, "not_found", f"no API route {request.url.path}")
 
-    return [*routes, Route("/api/{rest:path}", not_found,
-                           methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])]
+    return [*routes, _ApiFallback("/api/{rest:path}", not_found)]
+
+
+class _ApiFallback(Route):
+    """Every other path under /api/ (even one with a newline, which {rest:path} would not match)."""
+
+    def __init__(self, path: str, endpoint: Any) -> None:
+        super().__init__(path, endpoint)
+        self.methods = None  # any method: the endpoint answers 405 or 404 itself
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
+        return Match.NONE, {}
 
 
 def _version() -> str:

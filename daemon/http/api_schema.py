@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from callback_queue.callbacks import State
 from callback_queue.users import Role
@@ -16,6 +16,7 @@ StateName = Literal[tuple(s.value for s in State) + ("open",)]  # type: ignore[v
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 E164 = Annotated[str, Field(pattern=E164_RE.pattern, description="E.164, e.g. +8613812345678")]
 MAX_ID = 2**63 - 1
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 _EARLIEST, _LATEST = date(2000, 1, 1), date(2100, 1, 1)
 
 
@@ -58,43 +59,52 @@ class FollowupQuery(_In):
     offset: int = Field(default=0, ge=0, le=1_000_000_000)
 
 
-class ClaimBody(_In):
-    count: int = Field(default=1, ge=1, le=50, description="how many due callbacks to claim")
+def _json_int(v: Any) -> Any:
+    # JSON Schema counts 38.0 as an integer; strict validation would not
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
-class CloseBody(_In):
+JsonInt = Annotated[int, BeforeValidator(_json_int)]
+
+
+class _Body(_In):
+    """JSON bodies are validated strictly (no true for 1, no "3" for 3)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ClaimBody(_Body):
+    count: JsonInt = Field(default=1, ge=1, le=50, description="how many due callbacks to claim")
+
+
+class CloseBody(_Body):
     outcome: Literal["reached", "no-answer", "busy", "wrong-number", "declined"]
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     force: bool = Field(default=False, description="admins: close a callback someone else holds")
 
 
-class ReleaseBody(_In):
-    note: str | None = Field(default=None, max_length=2000)
+class ReleaseBody(_Body):
+    note: str | None = Field(default=None, max_length=2000, pattern=NO_NUL)
     force: bool = Field(default=False, description="admins: release a callback someone else holds")
 
 
-class CancelBody(_In):
-    reason: str = Field(min_length=1, max_length=500)
+class CancelBody(_Body):
+    reason: str = Field(min_length=1, max_length=500, pattern=NO_NUL)
 
 
-class FollowupBody(_In):
+class FollowupBody(_Body):
     number: E164
     request_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$",
                             description="the closed request (work order) whose handling is to be rated")
     due_at: AwareDatetime | None = Field(default=None, description="not before (default: now)")
-    priority: int = Field(default=0, ge=-100, le=100)
-
-    @field_validator("due_at")
-    @classmethod
-    def _range(cls, v: datetime | None) -> datetime | None:
-        if v is not None and not (_EARLIEST <= v.date() < _LATEST):
-            raise ValueError("must be between 2000 and 2100")
-        return v
+    priority: JsonInt = Field(default=0, ge=-100, le=100)
 
 
-class DncBody(_In):
+class DncBody(_Body):
     number: E164
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(default=None, max_length=500, pattern=NO_NUL)
 
 
 class ReportQuery(_In):
@@ -159,6 +169,7 @@ class Op:
 
 
 _PARAM = re.compile(r"{(\w+)(?::(\w+))?}")
+_PATH_SCHEMAS = {"number": {"type": "string", "pattern": E164_RE.pattern}}
 
 
 def openapi(ops: list[Op], title: str = "callbackd", version: str = "0") -> dict[str, Any]:
@@ -175,7 +186,7 @@ def openapi(ops: list[Op], title: str = "callbackd", version: str = "0") -> dict
         params: list[dict[str, Any]] = [
             {"name": m.group(1), "in": "path", "required": True,
              "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID} if m.group(2) == "int"
-             else {"type": "string"}}
+             else _PATH_SCHEMAS.get(m.group(1), {"type": "string"})}
             for m in _PARAM.finditer(op.path)
         ]
         if op.query is not None:
@@ -199,8 +210,9 @@ def openapi(ops: list[Op], title: str = "callbackd", version: str = "0") -> dict
                                 "parameters": params, "responses": responses,
                                 "tags": ["admin" if op.role is Role.ADMIN else "operator"]}
         if op.body is not None:
-            item["requestBody"] = {"required": False,
-                                   "content": {"application/json": {"schema": schema_of(op.body)}}}
+            body = schema_of(op.body)
+            item["requestBody"] = {"required": bool(body.get("required")),
+                                   "content": {"application/json": {"schema": body}}}
         paths.setdefault(path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",

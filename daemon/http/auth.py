@@ -125,8 +125,7 @@ def parse_query(model: type[BaseModel], request: Request) -> Any:
         raise HttpError(400, "bad_request", "invalid query parameters", _validation_details(exc)) from None
 
 
-async def parse_body(model: type[BaseModel], request: Request) -> Any:
-    raw = await request.body()
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
     if not raw.strip():
         data: Any = {}
     else:
@@ -137,7 +136,7 @@ async def parse_body(model: type[BaseModel], request: Request) -> Any:
     if not isinstance(data, dict):
         raise HttpError(422, "invalid_body", "the body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw if raw.strip() else b"{}")
     except ValidationError as exc:
         raise HttpError(422, "invalid_body", "the body is not valid", _validation_details(exc)) from None
 
@@ -160,14 +159,19 @@ def api_endpoint(handler: Callable[[Call], Any], *, role: Role, query: type[Base
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
         try:
-            user = await run_in_threadpool(bearer_user, services, request)
-            require(user, role)
-            call = Call(services, user, request, dict(request.path_params))
-            if query is not None:
-                call.query = parse_query(query, request)
-            if body is not None:
-                call.body = await parse_body(body, request)
-            result = await run_in_threadpool(handler, call)
+            raw = await request.body() if body is not None else b""
+
+            def run() -> Any:  # one trip to the thread pool: authenticate, authorize, parse, handle
+                user = bearer_user(services, request)
+                require(user, role)
+                call = Call(services, user, request, dict(request.path_params))
+                if query is not None:
+                    call.query = parse_query(query, request)
+                if body is not None:
+                    call.body = parse_body(body, raw)
+                return handler(call)
+
+            result = await run_in_threadpool(run)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             resp = translate(exc)
             if resp is None:

@@ -32,15 +32,15 @@ FAILURE_VERBS = {
 #: where the wait (hold) time sits, 0-based data index
 _WAIT_INDEX = {"CONNECT": 0, "ABANDON": 2, "EXITEMPTY": 2, "EXITWITHTIMEOUT": 2, "EXITWITHKEY": 3,
                "WITHDRAW": 2}
-#: verb -> (fewest data fields, most data fields, indexes that must be numbers), 1.4 -> 22
+#: verb -> (data field counts some Asterisk version writes, indexes that must be numbers), 1.4 -> 22
 _SHAPES = {
-    "CONNECT": (2, 3, (0, 2)),          # holdtime|bridged-uniqueid[|ringtime]
-    "ABANDON": (3, 3, (0, 1, 2)),       # position|origposition|waittime
-    "EXITEMPTY": (3, 3, (0, 1, 2)),
-    "EXITWITHTIMEOUT": (1, 3, (0, 1, 2)),  # 1.4: position only
-    "EXITWITHKEY": (2, 4, (1, 2, 3)),   # key|position[|origposition|waittime]
-    "WITHDRAW": (3, 4, (0, 1, 2)),      # position|origposition|waittime[|info]
-    "SYSCOMPAT": (0, 3, ()),
+    "CONNECT": ((2, 3), (0, 2)),            # holdtime|bridged-uniqueid[|ringtime] (1.4: two fields)
+    "ABANDON": ((3,), (0, 1, 2)),           # position|origposition|waittime
+    "EXITEMPTY": ((3,), (0, 1, 2)),
+    "EXITWITHTIMEOUT": ((1, 3), (0, 1, 2)),  # 1.4 (and some 1.6-1.8 paths): position only
+    "EXITWITHKEY": ((2, 4), (1, 2, 3)),     # key|position, 1.8+: key|position|origposition|waittime
+    "WITHDRAW": ((3, 4), (0, 1, 2)),        # position|origposition|waittime[|info]
+    "SYSCOMPAT": ((0, 1, 2, 3), ()),
 }
 _CONNECTED, _FAILED, _ORIGIN = Outcome.CONNECTED, Outcome.FAILED, Origin.QUEUE_LOG
 _FAST_CLOSE = frozenset({"CONNECT", "ABANDON", "EXITWITHTIMEOUT"})
@@ -107,7 +107,7 @@ class QueueLogParser:
                 f = line.decode("utf-8").split("|")
             except UnicodeDecodeError:
                 f = ()  # type: ignore[assignment]
-            if len(f) >= 5 and f[0].isdigit():
+            if len(f) >= 5 and f[0].isdigit() and line.isascii():
                 verb = f[4]
                 if verb in known:
                     continue
@@ -164,7 +164,7 @@ class QueueLogParser:
                               f"queue_log line has {len(f)} fields; at least 5 expected "
                               "(time|callid|queue|agent|event)")
         t = f[0]
-        ts = int(t) if t.isdigit() else self._time(t)
+        ts = int(t) if _num(t) else self._time(t)
         if ts is None:
             return DeadLetter(self.source, position, line, f"time field {t[:40]!r} is not an epoch "
                               "or a 'YYYY-MM-DD HH:MM:SS' time")
@@ -195,7 +195,7 @@ class QueueLogParser:
         if n < 2 or n > 4 + (f[-1] == ""):
             return DeadLetter(self.source, position, line,
                               f"ENTERQUEUE has {n} data fields; 2 to 4 expected (url|callerid|position|name)")
-        if n >= 3 and f[7] and not f[7].isdigit():
+        if n >= 3 and f[7] and not _num(f[7]):
             return DeadLetter(self.source, position, line, f"ENTERQUEUE position {f[7][:20]!r} is not a number")
         pending = self.pending
         prior = pending.get(callid)
@@ -215,15 +215,15 @@ class QueueLogParser:
         if not callid or callid in _PSEUDO_CALLIDS:
             return DeadLetter(self.source, position, line, f"{verb} with callid {callid!r}")
         data = f[5:]
-        lo, hi, numeric = _SHAPES[verb]
+        counts, numeric = _SHAPES[verb]
         n = len(data)
-        if n and data[-1] == "" and n > hi:
+        if n and data[-1] == "" and n > max(counts):
             n -= 1  # a trailing "|"
-        if n < lo or n > hi:
-            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+        if n not in counts:
+            want = " or ".join(map(str, counts))
             return DeadLetter(self.source, position, line, f"{verb} has {n} data fields; {want} expected")
         for i in numeric:
-            if i < n and not data[i].isdigit():
+            if i < n and not _num(data[i]):
                 return DeadLetter(self.source, position, line,
                                   f"{verb} field data{i + 1} {data[i][:20]!r} is not a number")
         idx = _WAIT_INDEX.get(verb)
@@ -247,7 +247,7 @@ class QueueLogParser:
 
     def _time(self, value: str) -> int | None:
         try:
-            if "." in value and value.replace(".", "", 1).isdigit():
+            if "." in value and _num(value.replace(".", "", 1)):
                 return int(float(value))
             dt = datetime.fromisoformat(value.strip())
         except ValueError:
@@ -257,6 +257,11 @@ class QueueLogParser:
                 return None
             dt = dt.replace(tzinfo=self.tz)
         return int(dt.timestamp())
+
+
+def _num(value: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts "²" and "①", which int() refuses."""
+    return value.isascii() and value.isdigit()
 
 
 def _has_surrogate(value: str) -> bool:

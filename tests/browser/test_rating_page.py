@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sms_support import add_callback, callback_state, outbox, settings_for, write_config
 
 from callback_queue.clock import FakeClock
 from callback_queue.queue import CallbackQueue
@@ -23,7 +24,6 @@ from daemon.cli import cli
 from daemon.http import rating
 from daemon.http.app import HttpServer, Services, create_app
 from sms.senders.console import ConsoleSender
-from sms_support import add_callback, callback_state, outbox, settings_for, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -321,7 +321,16 @@ def test_import_order_does_not_change_callbacks(min_wait: int, store: Store) -> 
     wipe(store)
     import_files(store, FakeClock(AFTER_CAPTURE), s, [cdr, ql])
     cdr_first = (full_attempts(store), callbacks(store))
+    with store.read() as c:
+        reclassified = {n for (n,) in c.execute(sa.select(t.callbacks.c.number)
+                                                .where(t.callbacks.c.outcome == "reclassified"))}
     assert cdr_first[0] == queue_log_first[0]  # the attempts agree, every column
+    # A callback the CDR opened and queue_log then re-classified away is not deleted (it was in the
+    # queue; the history keeps it) but cancelled with outcome 'reclassified', never worked.
+    for number in reclassified:
+        assert number not in queue_log_first[1] and cdr_first[1][number][0] == "cancelled"
+        del cdr_first[1][number]
+    assert reclassified == ({"+15550202"} if min_wait == 2 else set())
     assert cdr_first[1] == queue_log_first[1], (
         f"queue_log first: {_show(queue_log_first[1])}\n     CDR first: {_show(cdr_first[1])}")
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from sms_support import add_callback, callback_state, events, outbox, sms_rows
 
 from callback_queue import schema as t
 from callback_queue.callbacks import State
@@ -21,7 +22,6 @@ from sms.ratings import Outcome, Rating, Ratings
 from sms.senders.console import ConsoleSender
 from sms.testing import ScriptedSender
 from sms.tokens import hash_token
-from sms_support import add_callback, callback_state, events, outbox, sms_rows
 
 N1, N2 = "+8613800138001", "+8613800138002"
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import ROOT, shared_dir
+from sms_support import ACCOUNT, AUTH_TOKEN, add_callback, callback_state, events, outbox, sms_rows
 from twilio.rest import Client
 
 from callback_queue import schema as t
@@ -24,12 +26,10 @@ from callback_queue.dialing import DialQueue, DialRequest
 from callback_queue.queue import CallbackQueue
 from callback_queue.retry import DialOutcome
 from callback_queue.store import Store
-from conftest import ROOT, shared_dir
 from daemon.dialers.twilio import TwilioDialer
 from sms.senders.base import OutgoingSms
 from sms.senders.twilio import TwilioSender
 from sms.twilio_http import RedirectingTwilioHttpClient
-from sms_support import ACCOUNT, AUTH_TOKEN, add_callback, callback_state, events, outbox, sms_rows
 
 PRISM_DIR = ROOT / "tools" / "prism"
 PRISM = PRISM_DIR / "node_modules" / ".bin" / "prism"
