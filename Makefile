@@ -21,11 +21,15 @@ demo: $(STAMP)
 test: $(STAMP) test-deps
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# What the browser and Twilio-mock tests need on a fresh machine (CI runs as root): Debian's chromium
-# and a CJK font for the rating page, and the pinned Prism from tools/prism/package-lock.json.
+# What the tests need on a fresh machine (CI runs as root): Debian's chromium and a CJK font for the
+# browser tests, systemd-analyze and the unit's user and group for the unit-file check, and the pinned
+# Prism from tools/prism/package-lock.json.
 test-deps:
-	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk"; then \
-		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
+	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" \
+		|| ! command -v systemd-analyze >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei systemd >/dev/null; fi
+	@getent group asterisk >/dev/null || groupadd --system asterisk
+	@getent passwd callbackd >/dev/null || useradd --system --no-create-home --shell /usr/sbin/nologin callbackd
 	@[ -x tools/prism/node_modules/.bin/prism ] || (cd tools/prism && npm ci --no-audit --no-fund --silent)
 
 bench: $(STAMP)

@@ -159,6 +159,14 @@ class Daemon:
         self.log = get_logger("callbackd")
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
+        from .systemd import Notifier
+
+        self.notifier = Notifier()
+        self.status_line = "starting"
+        self._sent_status = ""
+        self._unhealthy: str | None = None
+        self.last_beat = 0.0
+        self._last_ping = 0.0
         self.tails: list[Any] = []
         self.components: list[Any] = []
         self.scheduler: Any = None
@@ -229,6 +237,7 @@ class Daemon:
         for runner, interval in self.tails:
             self.add_job(f"poll:{runner.name}", runner.poll, interval.total_seconds())
         self.add_job("sweep", self._sweep, self.settings.daemon.sweep_interval.total_seconds())
+        self.add_job("heartbeat", self._heartbeat, self._heartbeat_every())
         for builder in COMPONENT_BUILDERS:
             comp = builder(self)
             if comp is not None:
@@ -249,11 +258,17 @@ class Daemon:
             self.log.info("daemon.started", store=_redact(self.store.url),
                           sources=[r.name for r, _ in self.tails], components=[c.name for c in self.components],
                           config=self.settings.origin)
+            self._heartbeat()
+            self.notifier.ready(self.status_line)
             while not self.stop_event.wait(0.5):
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
+                    self.notifier.reloading()
                     self.reload()
+                    self.notifier.ready(self.status_line)
+                self._supervise()
         finally:
+            self.notifier.stopping()
             self.log.info("daemon.stopping")
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
@@ -266,8 +281,58 @@ class Daemon:
                 runner.close()
             self.store.dispose()
             self._remove_pid()
+            self.notifier.close()
             self.log.info("daemon.stopped")
         return 0
+
+    # -- health: the watchdog is pinged only while the daemon really works ---------------------------
+    def _heartbeat_every(self) -> float:
+        wd = self.notifier.watchdog_interval
+        return min(5.0, wd / 4) if wd else 5.0
+
+    def _heartbeat(self) -> None:
+        """A job through the scheduler and a write transaction: if either wedges, the beats stop."""
+        import time
+
+        with self.store.write() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        due = len(self.queue.list(due=True, limit=1000))
+        self.status_line = (f"watching {', '.join(r.name for r, _ in self.tails) or 'no files'}; "
+                            f"{due}{'+' if due >= 1000 else ''} callbacks due"
+                            + "".join(f"; {x}" for c in self.components for x in getattr(c, "status", lambda: [])()))
+        self.last_beat = time.monotonic()
+
+    def healthy(self) -> tuple[bool, str]:
+        import time
+
+        if self.scheduler is None or not self.scheduler.running:
+            return False, "scheduler stopped"
+        age = time.monotonic() - self.last_beat
+        # stale after one watchdog interval (four missed beats): systemd then sees the wedge within two
+        if age > max(3 * self._heartbeat_every(), self.notifier.watchdog_interval or 15.0):
+            return False, f"no heartbeat for {age:.0f} s"
+        for comp in self.components:
+            alive = getattr(comp, "alive", None)
+            if alive is not None and not alive():
+                return False, f"{comp.name} is dead"
+        return True, "ok"
+
+    def _supervise(self) -> None:
+        import time
+
+        ok, why = self.healthy()
+        if ok:
+            if self.notifier.watchdog_interval and time.monotonic() - self._last_ping >= \
+                    self.notifier.watchdog_interval / 2:
+                self.notifier.watchdog()
+                self._last_ping = time.monotonic()
+            if self.status_line != self._sent_status:
+                self.notifier.status(self.status_line)
+                self._sent_status = self.status_line
+        elif why != self._unhealthy:
+            self.log.error("daemon.unhealthy", reason=why)
+            self.notifier.status(f"unhealthy: {why}")
+        self._unhealthy = None if ok else why
 
     def reload(self) -> None:
         """Re-read the configuration (SIGHUP): windows, rules and the like change without a restart."""

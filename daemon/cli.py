@@ -260,10 +260,12 @@ def import_cdr(obj: Ctx, files: tuple[str, ...], system: str | None) -> None:
     _run_import(obj, "cdr", files, system)
 
 
-from . import cli_callbacks  # noqa: E402,F401  (registers the operator commands)
-from . import cli_admin  # noqa: E402,F401  (users and report commands)
-from . import cli_sms  # noqa: E402,F401  (sms preview, followups, do-not-contact)
-from . import cli_schedule  # noqa: E402,F401  (schedule preview, reload)
+from . import (
+    cli_admin,  # noqa: E402,F401  (users and report commands)
+    cli_callbacks,  # noqa: E402,F401  (registers the operator commands)
+    cli_schedule,  # noqa: E402,F401  (schedule preview, reload)
+    cli_sms,  # noqa: E402,F401  (sms preview, followups, do-not-contact)
+)
 
 
 def main(argv: list[str] | None = None) -> int:

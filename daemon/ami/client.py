@@ -28,6 +28,7 @@ plumbing. Its gaps, read from its source (asterisk/ami/client.py, response.py) a
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from asterisk.ami import AMIClient, Action
+from asterisk.ami import Action, AMIClient
 from asterisk.ami.response import FutureResponse
 
 from ..logs import get_logger
@@ -105,10 +106,8 @@ class _Client(AMIClient):  # type: ignore[misc]
             self.finished.set()
         sock = self._socket
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(self._timeout)
@@ -194,10 +193,8 @@ class _Client(AMIClient):  # type: ignore[misc]
                 self.error = exc
         finally:
             self.finished.set()
-            try:
+            with contextlib.suppress(Exception):  # a listener's failure cannot matter now
                 self._fire_on_disconnect(error=self.error)
-            except Exception:  # noqa: BLE001,S110 - a listener's failure cannot matter now
-                pass
 
     def fire_recv_pack(self, pack: str) -> None:
         try:
@@ -299,10 +296,8 @@ class AmiLink:
         self._stop.set()
         client = self._client
         if client is not None and client.finished is not None and not client.finished.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 client.send(Action("Logoff", {"ActionID": "callbackd-logoff"}))
-            except OSError:
-                pass
             client.disconnect()
         if self._thread is not None:
             self._thread.join(5)

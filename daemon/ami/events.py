@@ -22,6 +22,7 @@ What the real Asterisk 22 captures teach (shared/asterisk/CAPTURES.md):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from callback_queue.attempts import Attempt, Origin, Outcome
@@ -88,10 +89,8 @@ class AmiReducer:
         read_at = ts
         stamp = keys.get("timestamp")
         if stamp:
-            try:
+            with contextlib.suppress(ValueError):
                 ts = float(stamp)
-            except ValueError:
-                pass
         t = int(ts)
         legs = self.legs
         leg = legs.get(uid)

@@ -87,7 +87,8 @@ class AmiSource:
     def _on_bad(self, raw: bytes, why: str) -> None:
         with self._lock:
             self._packet_no += 1
-            pos = f"{datetime.now(UTC).isoformat(timespec='milliseconds')} connection {self.link.connects} #{self._packet_no}"
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
+            pos = f"{stamp} connection {self.link.connects} #{self._packet_no}"
             self._dead.append(DeadLetter(self.name, pos, raw[:65536], why))
         self.log.warning("ami.bad_packet", reason=why, bytes=len(raw))
         self._wake.set()

@@ -112,6 +112,9 @@ class HttpServer:
                 return int(sock.getsockname()[1])
         return self.config.port
 
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)

@@ -32,7 +32,7 @@ from callback_queue.users import Role, User, csrf_ok, csrf_token
 
 from . import charts
 from .api import can_see_number, report_range, timeline
-from .api_schema import ReportQuery
+from .api_schema import MAX_ID, ReportQuery
 from .app import ROUTE_PROVIDERS, Services
 from .auth import SESSION_COOKIE, HttpError, users
 
@@ -163,6 +163,11 @@ def claim_next(p: Page) -> Response:
     return _back(f"/console/callbacks/{got[0].id}")
 
 
+def _cid(p: Page) -> int:
+    cid = int(p.request.path_params["callback_id"])
+    return cid if cid <= MAX_ID else 0  # 0 is never an id: "no callback 0"
+
+
 def _guard(p: Page, fn: Callable[[], Response], cid: int) -> Response:
     try:
         return fn()
@@ -171,13 +176,13 @@ def _guard(p: Page, fn: Callable[[], Response], cid: int) -> Response:
 
 
 def claim_one(p: Page) -> Response:
-    cid = int(p.request.path_params["callback_id"])
+    cid = _cid(p)
     return _guard(p, lambda: (p.services.queue.claim_one(cid, p.user.name), _back(f"/console/callbacks/{cid}"))[1],
                   cid)
 
 
 def show(p: Page) -> Response:
-    cid = int(p.request.path_params["callback_id"])
+    cid = _cid(p)
     try:
         d = p.services.queue.get(cid)
     except CallbackdError as exc:
@@ -190,7 +195,7 @@ def show(p: Page) -> Response:
 
 
 def close(p: Page) -> Response:
-    cid = int(p.request.path_params["callback_id"])
+    cid = _cid(p)
 
     def run() -> Response:
         c = p.services.queue.close(cid, p.user.name, p.field("outcome"), p.field("note").strip() or None)
@@ -200,7 +205,7 @@ def close(p: Page) -> Response:
 
 
 def release(p: Page) -> Response:
-    cid = int(p.request.path_params["callback_id"])
+    cid = _cid(p)
 
     def run() -> Response:
         p.services.queue.release(cid, p.user.name, note=p.field("note").strip() or None)
@@ -210,7 +215,7 @@ def release(p: Page) -> Response:
 
 
 def cancel(p: Page) -> Response:
-    cid = int(p.request.path_params["callback_id"])
+    cid = _cid(p)
     reason = p.field("reason").strip()
     if not reason:
         return _back(f"/console/callbacks/{cid}", error="Say why the callback is cancelled.")

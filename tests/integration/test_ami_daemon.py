@@ -47,7 +47,7 @@ def test_daemon_turns_live_events_into_a_callback_and_places_it(db: Store, tmp_p
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 done = [c for c in queue.list() if c.state.value == "reached"]
-                if done and len(attempts(db)) == 12:
+                if done and len(attempts(db)) == 9:
                     break
                 time.sleep(0.1)
             else:
@@ -61,7 +61,7 @@ def test_daemon_turns_live_events_into_a_callback_and_places_it(db: Store, tmp_p
     orig = server.originates[0]
     assert orig["Exten"] == "15550101" and orig["Channel"] == "Local/200@agents"
     rows = attempts(db)
-    assert len(rows) == 12 and {r["origin"] for r in rows} == {"ami"}
+    assert len(rows) == 9 and {r["origin"] for r in rows} == {"ami"}
     assert {"scheduling", "ami"} <= {c.name for c in daemon.components}
 
 

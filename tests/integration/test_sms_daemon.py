@@ -8,11 +8,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sms_support import add_callback, callback_state, settings_for
+
 from callback_queue.store import Store
 from daemon.app import Daemon
 from sms.outbox import token_in
 from sms.senders.console import ConsoleSender
-from sms_support import add_callback, callback_state, settings_for
 
 
 def test_daemon_sends_the_sms_and_serves_its_link(store: Store, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -113,10 +114,8 @@ class Session:
     def close(self) -> None:
         with self.lock:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.sock.close()
 
 
@@ -181,10 +180,8 @@ class AmiTestServer:
         """Stop listening: new connections are refused until `listen()`."""
         s, self._listener = self._listener, None
         if s is not None:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def stop(self) -> None:

@@ -36,7 +36,8 @@ def step(name: str, *, varset: bool = True) -> list:
 
 
 def test_timeout_and_abandon_told_apart_as_the_queue_log_does() -> None:
-    assert [(a.call_id, a.reason, a.wait_seconds) for a in step("01_inbound_timeout")] == [("1795772422.1", "timeout", 5)]
+    first = step("01_inbound_timeout")
+    assert [(a.call_id, a.reason, a.wait_seconds) for a in first] == [("1795772422.1", "timeout", 5)]
     assert [a.reason for a in step("02_inbound_abandon")] == ["abandon"]       # HangupRequest before
     assert [a.reason for a in step("03_inbound_abandon_ctx")] == ["abandon"]   # died in the queue, no QUEUESTATUS
     assert [a.reason for a in step("04_inbound_ring_timeout")] == ["timeout"]
