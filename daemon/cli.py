@@ -260,12 +260,8 @@ def import_cdr(obj: Ctx, files: tuple[str, ...], system: str | None) -> None:
     _run_import(obj, "cdr", files, system)
 
 
-from . import (
-    cli_admin,  # noqa: E402,F401  (users and report commands)
-    cli_callbacks,  # noqa: E402,F401  (registers the operator commands)
-    cli_schedule,  # noqa: E402,F401  (schedule preview, reload)
-    cli_sms,  # noqa: E402,F401  (sms preview, followups, do-not-contact)
-)
+# the command groups of each feature register themselves on `cli` when imported
+from . import cli_admin, cli_callbacks, cli_schedule, cli_sms  # noqa: E402,F401,I001
 
 
 def main(argv: list[str] | None = None) -> int:

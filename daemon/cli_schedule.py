@@ -166,3 +166,35 @@ def reload(obj: Ctx) -> None:
     except (ValueError, ProcessLookupError):
         raise click.ClickException(f"{pid_file} names no running daemon") from None
     click.echo(f"sent SIGHUP to {pid}")
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Configuration file (also $CALLBACKD_CONFIG).")
+@click.pass_obj
+def doctor(obj: Ctx, config_path: str | None) -> None:
+    """Check the installation: config, database and schema, clock, log files, PBX and Twilio logins.
+    Each problem says what to do; the exit status is 1 if anything failed."""
+    from callback_queue.errors import ConfigError
+
+    from .app import load_features
+    from .doctor import Result, run
+    from .settings import load_settings
+
+    try:
+        settings = load_settings(config_path or obj.config_path)
+    except ConfigError as exc:
+        click.echo(f"✗ config: {exc}\n  fix the setting named above, then run `callbackd config check`")
+        sys.exit(1)
+    load_features()  # features add their own checks (AMI logins, ...)
+    results: list[Result] = [Result("config", True, f"{settings.origin} is valid")] + run(settings)
+    failed = 0
+    for r in results:
+        mark = "✓" if r.ok and not r.warning else ("!" if r.ok else "✗")
+        click.echo(f"{mark} {r.name}: {r.detail}")
+        if not r.ok:
+            failed += 1
+            if r.fix:
+                click.echo(f"  → {r.fix}")
+    click.echo(f"{failed} problem{'s' if failed != 1 else ''} found" if failed else "all good")
+    sys.exit(1 if failed else 0)

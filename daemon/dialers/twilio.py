@@ -164,3 +164,24 @@ def dialer_from(settings: Any, dial_queue: DialQueue, client: Any = None) -> Twi
                         status_url=public_base(settings) + "/twilio/call-status", agent_number=tw.agent_number,
                         twiml_url=tw.twiml_url, machine_detection=tw.machine_detection, ring_timeout=tw.ring_timeout,
                         max_concurrent=tw.max_concurrent_calls)
+
+
+def _build(daemon: Any) -> TwilioDialer:
+    """[dialer] kind = "twilio": the dispatcher places calls through Twilio; call webhooks reach it."""
+    from callback_queue.errors import ConfigError
+
+    try:
+        d = dialer_from(daemon.settings, DialQueue(daemon.queue))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    daemon.services.extra["twilio_dialer"] = d
+    return d
+
+
+def _register() -> None:
+    from daemon.dispatch import DIALERS
+
+    DIALERS["twilio"] = _build
+
+
+_register()

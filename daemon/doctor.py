@@ -1,0 +1,163 @@
+"""`callbackd doctor`: is this installation able to do its job? Each failure says what to do.
+
+Features add their own checks to CHECKS (a function taking the settings and yielding Results).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False   # worth knowing, not a failure
+
+
+Check = Callable[[Any], Iterable[Result]]
+CHECKS: list[Check] = []
+
+
+def check(fn: Check) -> Check:
+    CHECKS.append(fn)
+    return fn
+
+
+@check
+def database(s: Any) -> Iterator[Result]:
+    from callback_queue.errors import CallbackdError
+    from callback_queue.store import Store, redact_url
+
+    url = redact_url(s.store_url)
+    try:
+        store = Store(s.store_url, busy_timeout_ms=5000)
+        try:
+            current, heads = store.current_heads(), store.script_heads()
+            if current != heads:
+                yield Result("database", False, f"{url}: schema at {sorted(current) or 'nothing'}, needs {sorted(heads)}",
+                             "run `callbackd db upgrade`")
+                return
+            yield Result("database", True, f"{url}, schema current ({', '.join(sorted(heads))})")
+            yield from _clock(store)
+        finally:
+            store.dispose()
+    except (CallbackdError, Exception) as exc:  # noqa: BLE001 - report any failure to connect
+        yield Result("database", False, f"{url}: {exc}",
+                     "check [store] url (or CALLBACKD_STORE__URL) and that the server is running")
+
+
+def _clock(store: Any) -> Iterator[Result]:
+    if store.is_sqlite:
+        return
+    with store.read() as conn:
+        server = conn.exec_driver_sql("SELECT now()").scalar()
+    skew = abs((datetime.now(UTC) - server).total_seconds())
+    if skew > 5:
+        yield Result("clock", False, f"this host and the database differ by {skew:.1f} s",
+                     "synchronize both clocks (chrony/systemd-timesyncd): leases and windows depend on them")
+    else:
+        yield Result("clock", True, f"agrees with the database within {skew:.2f} s")
+
+
+@check
+def time_zone(s: Any) -> Iterator[Result]:
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(s.daemon.timezone)
+    now = datetime.now(UTC)
+    if now.year < 2024:
+        yield Result("clock", False, f"the system clock says {now:%Y-%m-%d}", "set the system clock")
+        return
+    yield Result("time zone", True, f"{s.daemon.timezone}: local time {now.astimezone(tz):%Y-%m-%d %H:%M %Z}")
+
+
+@check
+def state_dir(s: Any) -> Iterator[Result]:
+    d = s.daemon.state_dir
+    if s.store.url and not str(s.store.url).startswith("sqlite"):
+        probe = d if d.exists() else None
+        if probe is None:
+            yield Result("state dir", True, f"{d} (not needed: the store is not SQLite)", warning=True)
+            return
+    if not d.exists():
+        parent = d.parent
+        ok = os.access(parent, os.W_OK)
+        yield Result("state dir", ok, f"{d} does not exist" + ("; it will be created" if ok else ""),
+                     "" if ok else f"create {d} writable by the service user (systemd: StateDirectory=)")
+        return
+    ok = os.access(d, os.W_OK)
+    yield Result("state dir", ok, f"{d} {'is' if ok else 'is not'} writable",
+                 "" if ok else f"chown the service user {d}")
+
+
+@check
+def log_files(s: Any) -> Iterator[Result]:
+    for kind, src in (("queue_log", s.sources.queue_log), ("cdr", s.sources.cdr)):
+        if src is None:
+            continue
+        p = src.path
+        if p.exists():
+            ok = os.access(p, os.R_OK)
+            yield Result(f"{kind} file", ok, f"{p} {'is readable' if ok else 'is not readable'}",
+                         "" if ok else f"add the service user to the file's group (e.g. `usermod -aG asterisk callbackd`)")
+        elif p.parent.is_dir() and os.access(p.parent, os.R_OK | os.X_OK):
+            yield Result(f"{kind} file", True, f"{p} does not exist yet; it is read when it appears", warning=True)
+        else:
+            yield Result(f"{kind} file", False, f"{p}: its folder is missing or unreadable",
+                         f"check [sources.{kind}] path and the folder's permissions")
+    if s.sources.queue_log is None and s.sources.cdr is None and not getattr(s.sources, "ami", None):
+        yield Result("sources", False, "no call-log source is configured",
+                     "set [sources.queue_log] path (and/or [sources.cdr], [[sources.ami]])")
+
+
+@check
+def http_port(s: Any) -> Iterator[Result]:
+    if not s.http.enabled:
+        return
+    sock = socket.socket(socket.AF_INET6 if ":" in s.http.host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.http.host, s.http.port))
+        yield Result("http", True, f"{s.http.host}:{s.http.port} is free")
+    except OSError as exc:
+        yield Result("http", True, f"{s.http.host}:{s.http.port} is in use ({exc.strerror}): fine if the daemon "
+                                   "is running, otherwise change [http] port", warning=True)
+    finally:
+        sock.close()
+    if s.http.host not in ("127.0.0.1", "::1", "localhost"):
+        yield Result("http", True, f"listening on {s.http.host}: put it behind a TLS reverse proxy", warning=True)
+
+
+@check
+def twilio(s: Any) -> Iterator[Result]:
+    tw = getattr(s, "twilio", None)
+    if tw is None or not tw.account_sid:
+        return
+    try:
+        from sms.twilio_http import twilio_client
+
+        client = twilio_client(s)
+        acct = client.api.v2010.accounts(tw.account_sid).fetch()
+        yield Result("twilio", True, f"credentials accepted (account {acct.friendly_name or tw.account_sid}, "
+                                     f"status {acct.status})")
+    except Exception as exc:  # noqa: BLE001 - any failure is the admin's to see
+        yield Result("twilio", False, f"account {tw.account_sid}: {exc}",
+                     "check [twilio] account_sid and the auth token (credential twilio_auth_token)")
+
+
+def run(settings: Any) -> list[Result]:
+    out: list[Result] = []
+    for fn in CHECKS:
+        try:
+            out.extend(fn(settings))
+        except Exception as exc:  # noqa: BLE001 - a broken check is a failed check, not a crash
+            out.append(Result(fn.__name__, False, f"the check itself failed: {exc}"))
+    return out
