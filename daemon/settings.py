@@ -91,17 +91,17 @@ class _Section(BaseModel):
 
 
 class DaemonSettings(_Section):
-    state_dir: Path = Path("/var/lib/callbackd")
-    timezone: Zone = "Asia/Shanghai"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    sweep_interval: Duration = timedelta(seconds=30)
+    state_dir: Path = Field(default=Path("/var/lib/callbackd"), description="the SQLite database and the pid file")
+    timezone: Zone = Field(default="Asia/Shanghai", description="windows, holidays and tables use this zone")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="numbers are masked from info up")
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: JSON lines unless on a terminal")
+    sweep_interval: Duration = Field(default=timedelta(seconds=30), description="how often expired claims return to the queue")
 
 
 class StoreSettings(_Section):
     url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in daemon.state_dir")
-    busy_timeout_ms: int = Field(default=30_000, ge=0)
-    pool_size: int = Field(default=5, ge=1)
+    busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite: how long a writer waits for the lock")
+    pool_size: int = Field(default=5, ge=1, description="PostgreSQL connections per daemon")
 
     @field_validator("url")
     @classmethod
@@ -120,14 +120,14 @@ class StoreSettings(_Section):
 
 
 class DetectSettings(_Section):
-    threshold: int = Field(default=3, ge=1, le=100)
-    lookback: Duration = timedelta(hours=24)
-    min_wait_seconds: int = Field(default=5, ge=0)
-    default_region: str = "CN"
-    count_reasons: list[str] = Field(default_factory=lambda: list(FAILURE_REASONS))
-    ignore_numbers: list[str] = Field(default_factory=list)
-    ignore_patterns: list[str] = Field(default_factory=list)
-    internal_max_digits: int = Field(default=5, ge=0, le=15)
+    threshold: int = Field(default=3, ge=1, le=100, description="failed attempts in a row that open a callback")
+    lookback: Duration = Field(default=timedelta(hours=24), description="only failures this recent count")
+    min_wait_seconds: int = Field(default=5, ge=0, description="a shorter abandon is a misdial")
+    default_region: str = Field(default="CN", description="region of numbers without a country code")
+    count_reasons: list[str] = Field(default_factory=lambda: list(FAILURE_REASONS), description="failure reasons that count")
+    ignore_numbers: list[str] = Field(default_factory=list, description="numbers never called back (test phones)")
+    ignore_patterns: list[str] = Field(default_factory=list, description="regular expressions of numbers to ignore")
+    internal_max_digits: int = Field(default=5, ge=0, le=15, description="numbers this short are extensions")
 
     @field_validator("lookback")
     @classmethod
@@ -166,23 +166,24 @@ class DetectSettings(_Section):
 
 
 class QueueSettings(_Section):
-    lease: Duration = timedelta(minutes=15)
+    lease: Duration = Field(default=timedelta(minutes=15), description="an operator's claim expires after this")
 
 
 class RetryRuleSettings(_Section):
-    delay: Duration
-    times: int = Field(ge=0, le=20)
+    delay: Duration = Field(description="wait this long before the next call")
+    times: int = Field(ge=0, le=20, description="retry this outcome at most this many times")
 
 
 _RETRY_DEFAULTS = {"busy": ("10m", 3), "no-answer": ("30m", 2), "congestion": ("5m", 3), "failed": ("15m", 1)}
 
 
 class RetrySettings(_Section):
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    min_spacing: Duration = timedelta(minutes=5)
+    max_attempts: int = Field(default=5, ge=1, le=20, description="calls before a callback is unreachable")
+    min_spacing: Duration = Field(default=timedelta(minutes=5), description="never two calls to one number closer")
     rules: dict[str, RetryRuleSettings] = Field(
         default_factory=lambda: {k: RetryRuleSettings(delay=parse_duration(d), times=n)
-                                 for k, (d, n) in _RETRY_DEFAULTS.items()}
+                                 for k, (d, n) in _RETRY_DEFAULTS.items()},
+        description="per outcome: busy, no-answer, congestion, failed",
     )
 
     @field_validator("rules")
@@ -195,24 +196,26 @@ class RetrySettings(_Section):
 
 
 class QueueLogSource(_Section):
-    path: Path
-    system: str = Field(default="pbx", min_length=1, max_length=64)
-    poll_interval: Duration = timedelta(milliseconds=500)
-    start_at: Literal["beginning", "end"] = "beginning"
-    timezone: Zone | None = None
+    path: Path = Field(description="Asterisk's queue_log, e.g. /var/log/asterisk/queue_log")
+    system: str = Field(default="pbx", min_length=1, max_length=64,
+                        description="name of the PBX: call ids are unique per system")
+    poll_interval: Duration = Field(default=timedelta(milliseconds=500), description="how often the file is read")
+    start_at: Literal["beginning", "end"] = Field(default="beginning", description="where a first start begins")
+    timezone: Zone | None = Field(default=None, description="for realtime-style time strings; default daemon's")
 
 
 class CdrSource(_Section):
-    path: Path
-    system: str = Field(default="pbx", min_length=1, max_length=64)
-    poll_interval: Duration = timedelta(seconds=1)
-    start_at: Literal["beginning", "end"] = "beginning"
+    path: Path = Field(description="cdr-csv/Master.csv or a cdr_custom file")
+    system: str = Field(default="pbx", min_length=1, max_length=64, description="the same name as the queue_log's")
+    poll_interval: Duration = Field(default=timedelta(seconds=1), description="how often the file is read")
+    start_at: Literal["beginning", "end"] = Field(default="beginning", description="where a first start begins")
     timezone: Zone | None = Field(default=None, description="CDR times are local; default daemon.timezone")
-    layout: Literal["auto", "csv", "custom"] = "auto"
+    layout: Literal["auto", "csv", "custom"] = Field(default="auto", description="cdr_csv or the stock cdr_custom")
     inbound_contexts: list[str] = Field(
-        default_factory=lambda: ["from-pstn", "from-trunk", "from-external", "from-did-direct"]
+        default_factory=lambda: ["from-pstn", "from-trunk", "from-external", "from-did-direct"],
+        description="dcontext values of citizens' calls",
     )
-    hotline_numbers: list[str] = Field(default_factory=list)
+    hotline_numbers: list[str] = Field(default_factory=list, description="or: dst values (the hotline's DIDs)")
 
 
 class HttpSettings(_Section):
