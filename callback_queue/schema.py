@@ -270,3 +270,8 @@ user_sessions = Table(
 Index("ix_attempts_started_ts", attempts.c.started_ts)
 Index("ix_callback_events_at", callback_events.c.at)
 Index("ix_callbacks_triggered_at", callbacks.c.triggered_at)
+# the claim's order over the claimable rows: "claim next" walks this index instead of sorting
+# every due callback (bench/api.py: 89 ms -> 0.04 ms for the bare claim with 20,000 due of 1,000,000)
+_CLAIMABLE_SQL = "state IN ('pending', 'scheduled', 'retry_wait')"
+Index("ix_callbacks_claim_order", callbacks.c.priority.desc(), callbacks.c.failures.desc(), callbacks.c.triggered_at,
+      callbacks.c.id, sqlite_where=text(_CLAIMABLE_SQL), postgresql_where=text(_CLAIMABLE_SQL))

@@ -204,10 +204,49 @@ class Daemon:
         if self.scheduler is not None and self.scheduler.get_job(name) is not None:
             self.scheduler.modify_job(name, next_run_time=_now())
 
-    def add_job(self, name: str, fn: Callable[[], Any], seconds: float, **trigger: Any) -> None:
-        """An APScheduler interval job whose failures are logged once per change, not once per tick."""
+    def add_job(self, name: str, fn: Callable[[], Any], seconds: float, *, singleton: bool = False,
+                **trigger: Any) -> None:
+        """An APScheduler interval job whose failures are logged once per change, not once per tick.
+        A singleton job runs only on the leader (several daemons on one PostgreSQL)."""
+        if singleton:
+            inner = fn
+
+            def fn() -> Any:
+                return inner() if self.leader.is_leader else None
+
         self.scheduler.add_job(self._guard(_Job(name, fn)), "interval", seconds=seconds, id=name,
                                next_run_time=_now(), **trigger)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader.is_leader
+
+    def _lead(self) -> None:
+        was = self.leader.is_leader
+        now = self.leader.check()
+        if now and not was:
+            # another instance may have moved the files on: resume from the committed cursors
+            self._reopen_tails()
+            self.run_job_now("plan")
+        self.leading = now
+
+    def _reopen_tails(self) -> None:
+        from .sources.pipeline import TailRunner
+
+        fresh = []
+        for runner, interval in self.tails:
+            runner.close()
+            fresh.append((TailRunner(runner.name, runner.path, runner.parser, self.ingestor,
+                                     log=self.log), interval))
+            self.scheduler.modify_job(f"poll:{runner.name}", func=self._guard(_Job(
+                f"poll:{runner.name}", self._leader_only(fresh[-1][0].poll))))
+        self.tails = fresh
+
+    def _leader_only(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            return fn() if self.leader.is_leader else None
+
+        return run
 
     def _guard(self, job: _Job) -> Any:
         def run() -> None:
@@ -234,8 +273,14 @@ class Daemon:
         self._build()
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True,
                                                                          "misfire_grace_time": 30})
+        from .leader import Leadership
+
+        self.leader = Leadership(self.store, lease=self.settings.daemon.leader_lease)
+        self.leader.check()
+        self.leading = self.leader.is_leader
+        self.add_job("leader", self._lead, max(1.0, self.settings.daemon.leader_lease.total_seconds() / 3))
         for runner, interval in self.tails:
-            self.add_job(f"poll:{runner.name}", runner.poll, interval.total_seconds())
+            self.add_job(f"poll:{runner.name}", runner.poll, interval.total_seconds(), singleton=True)
         self.add_job("sweep", self._sweep, self.settings.daemon.sweep_interval.total_seconds())
         self.add_job("heartbeat", self._heartbeat, self._heartbeat_every())
         for builder in COMPONENT_BUILDERS:
@@ -279,6 +324,7 @@ class Daemon:
                     self.log.error("component.stop_failed", component=comp.name, error=str(exc))
             for runner, _ in self.tails:
                 runner.close()
+            self.leader.release()
             self.store.dispose()
             self._remove_pid()
             self.notifier.close()

@@ -148,7 +148,7 @@ class Scheduling:
     def start(self) -> None:
         d = self.daemon
         sc = d.settings.schedule
-        d.add_job("plan", self.replan, sc.replan_interval.total_seconds() if sc else 60.0)
+        d.add_job("plan", self.replan, sc.replan_interval.total_seconds() if sc else 60.0, singleton=True)
         if self.planner is not None:
             self._window_jobs()
         if self.dispatcher is not None:
@@ -174,7 +174,8 @@ class Scheduling:
 
     def _edge(self, what: str, label: str) -> None:
         self.log.info(f"window.{what}ed" if what == "open" else "window.closed", window=label)
-        self.replan()
+        if self.daemon.is_leader:
+            self.replan()
 
     def callbacks_opened(self, ids: list[int]) -> None:
         """New callbacks are planned at once, not at the next replan tick."""

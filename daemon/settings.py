@@ -96,6 +96,8 @@ class DaemonSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="numbers are masked from info up")
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: JSON lines unless on a terminal")
     sweep_interval: Duration = Field(default=timedelta(seconds=30), description="how often expired claims return to the queue")
+    leader_lease: Duration = Field(default=timedelta(seconds=15),
+                                   description="PostgreSQL: a silent leader loses its duties after this")
 
 
 class StoreSettings(_Section):

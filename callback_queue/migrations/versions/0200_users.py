@@ -56,9 +56,14 @@ def upgrade() -> None:
     op.create_index("ix_attempts_started_ts", "attempts", ["started_ts"])
     op.create_index("ix_callback_events_at", "callback_events", ["at"])
     op.create_index("ix_callbacks_triggered_at", "callbacks", ["triggered_at"])
+    claimable = sa.text("state IN ('pending', 'scheduled', 'retry_wait')")
+    op.create_index("ix_callbacks_claim_order", "callbacks",
+                    [sa.text("priority DESC"), sa.text("failures DESC"), "triggered_at", "id"],
+                    sqlite_where=claimable, postgresql_where=claimable)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_callbacks_claim_order", table_name="callbacks")
     op.drop_index("ix_callbacks_triggered_at", table_name="callbacks")
     op.drop_index("ix_callback_events_at", table_name="callback_events")
     op.drop_index("ix_attempts_started_ts", table_name="attempts")
