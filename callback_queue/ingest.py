@@ -278,6 +278,10 @@ class Ingestor:
         True when it handled the number."""
         fresh = detect(views, now_ts=now_ts, rules=self.rules, open_episode=None, closed_boundary_ts=boundary)
         opens = [a for a in fresh if isinstance(a, Open)]
+        if any(o.cancelled_by is not None and o.cancelled_by.started_ts > ep.episode_start_ts for o in opens):
+            # the caller got through during the stored episode: that is a self-resolution, not a
+            # re-classification; the usual path cancels it and opens the next streak on its own
+            return False
         current = opens[-1] if opens and opens[-1].cancelled_by is None else None
         if current is None:
             if opens:  # the streak ended with a connected call: the usual path cancels it

@@ -80,21 +80,31 @@ class CallbackQueue:
     # -- reading ------------------------------------------------------------------
     def list(self, *, states: list[str] | None = None, due: bool = False, limit: int | None = None,
              offset: int = 0, number: str | None = None, kind: str | None = None) -> list[Callback]:
-        q = sa.select(cb).order_by(*ORDER)
+        filters = []
         if kind:
-            q = q.where(cb.c.kind == kind)
+            filters.append(cb.c.kind == kind)
         if states:
-            q = q.where(cb.c.state.in_(states))
-        if due:
-            now = self.clock.now()
-            q = q.where(sa.or_(
-                self.due_clause(now),
-                # an operator's claim whose lease ran out is handed out again by the next claim
-                sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now,
-                        cb.c.dialer.is_(None)),
-            ))
+            filters.append(cb.c.state.in_(states))
         if number:
-            q = q.where(cb.c.number == number)
+            filters.append(cb.c.number == number)
+        if not due:
+            q = sa.select(cb).where(*filters).order_by(*ORDER)
+        else:
+            now = self.clock.now()
+            # two branches, each able to use its index in the queue's order (an OR of the two
+            # conditions made the database sort every due row for each page)
+            branches = [self.due_clause(now),
+                        # an operator's claim whose lease ran out is handed out again by the next claim
+                        sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now,
+                                cb.c.dialer.is_(None))]
+            parts = []
+            for cond in branches:
+                part = sa.select(cb).where(cond, *filters).order_by(*ORDER)
+                if limit is not None:
+                    part = part.limit(limit + offset)
+                parts.append(sa.select(part.subquery()))
+            u = sa.union_all(*parts).subquery()
+            q = sa.select(u).order_by(u.c.priority.desc(), u.c.failures.desc(), u.c.triggered_at.asc(), u.c.id.asc())
         if limit is not None:
             q = q.limit(limit)
         if offset:

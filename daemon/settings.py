@@ -44,7 +44,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     if not isinstance(value, str):
         raise ValueError("a duration such as '24h', '15m' or '30s' is needed")
     text = value.strip().lower().replace(" ", "")
@@ -56,7 +56,14 @@ def parse_duration(value: Any) -> timedelta:
         pos = m.end()
     if not text or pos != len(text):
         raise ValueError(f"{value!r} is not a duration such as '24h', '15m', '1h30m' or '30s'")
-    return timedelta(seconds=total)
+    return _seconds(total, value)
+
+
+def _seconds(seconds: float, given: Any) -> timedelta:
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # (a ValueError is what pydantic reports against the field)
+        raise ValueError(f"{given!r} is too long a duration") from None
 
 
 def format_duration(value: timedelta) -> str:

@@ -1,0 +1,43 @@
+"""Seeded synthetic hotline traffic, dense in repeat callers, as queue_log lines.
+
+Lines are in the layout of shared/bench/gen_queue_log.py (so tests/support/model.py
+reads both) and in timestamp order, as Asterisk appends them. A small pool of
+numbers makes streaks, self-resolutions and second episodes common; some
+abandons are shorter than a typical min_wait (misdials).
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def queue_log_lines(seed: int, calls: int, *, start_ts: int, numbers: int = 40,
+                    span_seconds: int = 6 * 3600) -> list[str]:
+    rng = random.Random(seed)
+    pool = ["13" + str(rng.randrange(10**9)).zfill(9) for _ in range(numbers - numbers // 5)]
+    pool += ["010" + str(rng.randrange(2 * 10**7, 9 * 10**7)) for _ in range(numbers // 5)]
+    out: list[tuple[int, int, str]] = []
+    seq = 0
+    for i in range(calls):
+        t = start_ts + rng.randrange(span_seconds)
+        caller = rng.choice(pool)
+        callid = f"{t}.{i}"
+        seq += 1
+        out.append((t, seq, f"{t}|{callid}|hotline|NONE|ENTERQUEUE||{caller}|1"))
+        u = rng.random()
+        if u < 0.35:
+            hold = 1 + rng.randrange(120)
+            seq += 1
+            out.append((t + hold, seq, f"{t + hold}|{callid}|hotline|PJSIP/8001|CONNECT|{hold}|{t + hold}.{i}x|3"))
+            seq += 1
+            out.append((t + hold + 60, seq, f"{t + hold + 60}|{callid}|hotline|PJSIP/8001|COMPLETECALLER|{hold}|60|1"))
+        elif u < 0.85:
+            wait = rng.choice([1, 2, 3, 4]) if rng.random() < 0.15 else 5 + rng.randrange(200)
+            seq += 1
+            out.append((t + wait, seq, f"{t + wait}|{callid}|hotline|NONE|ABANDON|1|1|{wait}"))
+        else:
+            wait = 300 + rng.randrange(5)
+            seq += 1
+            out.append((t + wait, seq, f"{t + wait}|{callid}|hotline|NONE|EXITWITHTIMEOUT|1|1|{wait}"))
+    out.sort()
+    return [line for _, _, line in out]
