@@ -19,7 +19,7 @@ class Result:
     ok: bool
     detail: str
     fix: str = ""
-    warning: bool = False   # worth knowing, not a failure
+    warning: bool = False  # worth knowing, not a failure
 
 
 Check = Callable[[Any], Iterable[Result]]
@@ -42,16 +42,24 @@ def database(s: Any) -> Iterator[Result]:
         try:
             current, heads = store.current_heads(), store.script_heads()
             if current != heads:
-                yield Result("database", False, f"{url}: schema at {sorted(current) or 'nothing'}, needs {sorted(heads)}",
-                             "run `callbackd db upgrade`")
+                yield Result(
+                    "database",
+                    False,
+                    f"{url}: schema at {sorted(current) or 'nothing'}, needs {sorted(heads)}",
+                    "run `callbackd db upgrade`",
+                )
                 return
             yield Result("database", True, f"{url}, schema current ({', '.join(sorted(heads))})")
             yield from _clock(store)
         finally:
             store.dispose()
     except (CallbackdError, Exception) as exc:  # noqa: BLE001 - report any failure to connect
-        yield Result("database", False, f"{url}: {exc}",
-                     "check [store] url (or CALLBACKD_STORE__URL) and that the server is running")
+        yield Result(
+            "database",
+            False,
+            f"{url}: {exc}",
+            "check [store] url (or CALLBACKD_STORE__URL) and that the server is running",
+        )
 
 
 def _clock(store: Any) -> Iterator[Result]:
@@ -61,8 +69,12 @@ def _clock(store: Any) -> Iterator[Result]:
         server = conn.exec_driver_sql("SELECT now()").scalar()
     skew = abs((datetime.now(UTC) - server).total_seconds())
     if skew > 5:
-        yield Result("clock", False, f"this host and the database differ by {skew:.1f} s",
-                     "synchronize both clocks (chrony/systemd-timesyncd): leases and windows depend on them")
+        yield Result(
+            "clock",
+            False,
+            f"this host and the database differ by {skew:.1f} s",
+            "synchronize both clocks (chrony/systemd-timesyncd): leases and windows depend on them",
+        )
     else:
         yield Result("clock", True, f"agrees with the database within {skew:.2f} s")
 
@@ -90,12 +102,17 @@ def state_dir(s: Any) -> Iterator[Result]:
     if not d.exists():
         parent = d.parent
         ok = os.access(parent, os.W_OK)
-        yield Result("state dir", ok, f"{d} does not exist" + ("; it will be created" if ok else ""),
-                     "" if ok else f"create {d} writable by the service user (systemd: StateDirectory=)")
+        yield Result(
+            "state dir",
+            ok,
+            f"{d} does not exist" + ("; it will be created" if ok else ""),
+            "" if ok else f"create {d} writable by the service user (systemd: StateDirectory=)",
+        )
         return
     ok = os.access(d, os.W_OK)
-    yield Result("state dir", ok, f"{d} {'is' if ok else 'is not'} writable",
-                 "" if ok else f"chown the service user {d}")
+    yield Result(
+        "state dir", ok, f"{d} {'is' if ok else 'is not'} writable", "" if ok else f"chown the service user {d}"
+    )
 
 
 @check
@@ -106,16 +123,28 @@ def log_files(s: Any) -> Iterator[Result]:
         p = src.path
         if p.exists():
             ok = os.access(p, os.R_OK)
-            yield Result(f"{kind} file", ok, f"{p} {'is readable' if ok else 'is not readable'}",
-                         "" if ok else f"add the service user to the file's group (e.g. `usermod -aG asterisk callbackd`)")
+            yield Result(
+                f"{kind} file",
+                ok,
+                f"{p} {'is readable' if ok else 'is not readable'}",
+                "" if ok else "add the service user to the file's group (e.g. `usermod -aG asterisk callbackd`)",
+            )
         elif p.parent.is_dir() and os.access(p.parent, os.R_OK | os.X_OK):
             yield Result(f"{kind} file", True, f"{p} does not exist yet; it is read when it appears", warning=True)
         else:
-            yield Result(f"{kind} file", False, f"{p}: its folder is missing or unreadable",
-                         f"check [sources.{kind}] path and the folder's permissions")
+            yield Result(
+                f"{kind} file",
+                False,
+                f"{p}: its folder is missing or unreadable",
+                f"check [sources.{kind}] path and the folder's permissions",
+            )
     if s.sources.queue_log is None and s.sources.cdr is None and not getattr(s.sources, "ami", None):
-        yield Result("sources", False, "no call-log source is configured",
-                     "set [sources.queue_log] path (and/or [sources.cdr], [[sources.ami]])")
+        yield Result(
+            "sources",
+            False,
+            "no call-log source is configured",
+            "set [sources.queue_log] path (and/or [sources.cdr], [[sources.ami]])",
+        )
 
 
 @check
@@ -128,8 +157,13 @@ def http_port(s: Any) -> Iterator[Result]:
         sock.bind((s.http.host, s.http.port))
         yield Result("http", True, f"{s.http.host}:{s.http.port} is free")
     except OSError as exc:
-        yield Result("http", True, f"{s.http.host}:{s.http.port} is in use ({exc.strerror}): fine if the daemon "
-                                   "is running, otherwise change [http] port", warning=True)
+        yield Result(
+            "http",
+            True,
+            f"{s.http.host}:{s.http.port} is in use ({exc.strerror}): fine if the daemon "
+            "is running, otherwise change [http] port",
+            warning=True,
+        )
     finally:
         sock.close()
     if s.http.host not in ("127.0.0.1", "::1", "localhost"):
@@ -146,11 +180,18 @@ def twilio(s: Any) -> Iterator[Result]:
 
         client = twilio_client(s)
         acct = client.api.v2010.accounts(tw.account_sid).fetch()
-        yield Result("twilio", True, f"credentials accepted (account {acct.friendly_name or tw.account_sid}, "
-                                     f"status {acct.status})")
+        yield Result(
+            "twilio",
+            True,
+            f"credentials accepted (account {acct.friendly_name or tw.account_sid}, status {acct.status})",
+        )
     except Exception as exc:  # noqa: BLE001 - any failure is the admin's to see
-        yield Result("twilio", False, f"account {tw.account_sid}: {exc}",
-                     "check [twilio] account_sid and the auth token (credential twilio_auth_token)")
+        yield Result(
+            "twilio",
+            False,
+            f"account {tw.account_sid}: {exc}",
+            "check [twilio] account_sid and the auth token (credential twilio_auth_token)",
+        )
 
 
 def run(settings: Any) -> list[Result]:

@@ -100,11 +100,18 @@ class _Section(BaseModel):
 class DaemonSettings(_Section):
     state_dir: Path = Field(default=Path("/var/lib/callbackd"), description="the SQLite database and the pid file")
     timezone: Zone = Field(default="Asia/Shanghai", description="windows, holidays and tables use this zone")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="numbers are masked from info up")
-    log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: JSON lines unless on a terminal")
-    sweep_interval: Duration = Field(default=timedelta(seconds=30), description="how often expired claims return to the queue")
-    leader_lease: Duration = Field(default=timedelta(seconds=15),
-                                   description="PostgreSQL: a silent leader loses its duties after this")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="numbers are masked from info up"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON lines unless on a terminal"
+    )
+    sweep_interval: Duration = Field(
+        default=timedelta(seconds=30), description="how often expired claims return to the queue"
+    )
+    leader_lease: Duration = Field(
+        default=timedelta(seconds=15), description="PostgreSQL: a silent leader loses its duties after this"
+    )
 
 
 class StoreSettings(_Section):
@@ -133,7 +140,9 @@ class DetectSettings(_Section):
     lookback: Duration = Field(default=timedelta(hours=24), description="only failures this recent count")
     min_wait_seconds: int = Field(default=5, ge=0, description="a shorter abandon is a misdial")
     default_region: str = Field(default="CN", description="region of numbers without a country code")
-    count_reasons: list[str] = Field(default_factory=lambda: list(FAILURE_REASONS), description="failure reasons that count")
+    count_reasons: list[str] = Field(
+        default_factory=lambda: list(FAILURE_REASONS), description="failure reasons that count"
+    )
     ignore_numbers: list[str] = Field(default_factory=list, description="numbers never called back (test phones)")
     ignore_patterns: list[str] = Field(default_factory=list, description="regular expressions of numbers to ignore")
     internal_max_digits: int = Field(default=5, ge=0, le=15, description="numbers this short are extensions")
@@ -190,8 +199,9 @@ class RetrySettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=20, description="calls before a callback is unreachable")
     min_spacing: Duration = Field(default=timedelta(minutes=5), description="never two calls to one number closer")
     rules: dict[str, RetryRuleSettings] = Field(
-        default_factory=lambda: {k: RetryRuleSettings(delay=parse_duration(d), times=n)
-                                 for k, (d, n) in _RETRY_DEFAULTS.items()},
+        default_factory=lambda: {
+            k: RetryRuleSettings(delay=parse_duration(d), times=n) for k, (d, n) in _RETRY_DEFAULTS.items()
+        },
         description="per outcome: busy, no-answer, congestion, failed",
     )
 
@@ -206,8 +216,9 @@ class RetrySettings(_Section):
 
 class QueueLogSource(_Section):
     path: Path = Field(description="Asterisk's queue_log, e.g. /var/log/asterisk/queue_log")
-    system: str = Field(default="pbx", min_length=1, max_length=64,
-                        description="name of the PBX: call ids are unique per system")
+    system: str = Field(
+        default="pbx", min_length=1, max_length=64, description="name of the PBX: call ids are unique per system"
+    )
     poll_interval: Duration = Field(default=timedelta(milliseconds=500), description="how often the file is read")
     start_at: Literal["beginning", "end"] = Field(default="beginning", description="where a first start begins")
     timezone: Zone | None = Field(default=None, description="for realtime-style time strings; default daemon's")
@@ -231,8 +242,9 @@ class HttpSettings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    public_url: str | None = Field(default=None, description="how citizens and webhooks reach us, e.g. "
-                                                             "https://callback.example.gov.cn")
+    public_url: str | None = Field(
+        default=None, description="how citizens and webhooks reach us, e.g. https://callback.example.gov.cn"
+    )
 
 
 class ConsoleSettings(_Section):
@@ -241,8 +253,10 @@ class ConsoleSettings(_Section):
     session_lifetime: Duration = timedelta(hours=12)
     secure_cookies: bool = Field(default=False, description="mark session cookies Secure (set when behind HTTPS)")
     metrics_public: bool = Field(default=False, description="serve /metrics without a bearer token")
-    report_sla: Duration = Field(default=timedelta(hours=24), description="reports: 'called back within SLA' "
-                                 "for callbacks the planner gave no SLA due time")
+    report_sla: Duration = Field(
+        default=timedelta(hours=24),
+        description="reports: 'called back within SLA' for callbacks the planner gave no SLA due time",
+    )
     metrics_cache: Duration = Field(default=timedelta(seconds=10), description="reuse a scrape's figures this long")
 
 
@@ -287,8 +301,9 @@ class SmsSettings(_Section):
     max_tries: int = Field(default=6, ge=1, le=50)
     backoff: Duration = timedelta(seconds=30)
     send_lease: Duration = timedelta(minutes=5)
-    console_path: Path | None = Field(default=None, description="console sender output; default "
-                                                                "<state_dir>/sms-outbox.jsonl")
+    console_path: Path | None = Field(
+        default=None, description="console sender output; default <state_dir>/sms-outbox.jsonl"
+    )
 
 
 class TwilioSettings(_Section):
@@ -311,8 +326,10 @@ class TwilioSettings(_Section):
     def _token_file(cls, data: Any) -> Any:
         if isinstance(data, dict):
             f = data.get("auth_token_file")
-            data = {**data, "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f else None,
-                                                            "twilio_auth_token")}
+            data = {
+                **data,
+                "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f else None, "twilio_auth_token"),
+            }
         return data
 
 
@@ -331,8 +348,12 @@ class AliyunSettings(_Section):
     def _secret_file(cls, data: Any) -> Any:
         if isinstance(data, dict):
             f = data.get("access_key_secret_file")
-            data = {**data, "access_key_secret": _secret_from_file(
-                data.get("access_key_secret"), Path(f) if f else None, "aliyun_access_key_secret")}
+            data = {
+                **data,
+                "access_key_secret": _secret_from_file(
+                    data.get("access_key_secret"), Path(f) if f else None, "aliyun_access_key_secret"
+                ),
+            }
         return data
 
 
@@ -413,7 +434,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG" or "__" not in key:
             continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         node = data
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
@@ -458,8 +479,9 @@ def _resolve_paths(s: Settings, base: Path, origin: str) -> Settings:
     daemon = s.daemon.model_copy(update={"state_dir": rel(s.daemon.state_dir)})
     sources = s.sources
     if sources.queue_log:
-        sources = sources.model_copy(update={"queue_log": sources.queue_log.model_copy(
-            update={"path": rel(sources.queue_log.path)})})
+        sources = sources.model_copy(
+            update={"queue_log": sources.queue_log.model_copy(update={"path": rel(sources.queue_log.path)})}
+        )
     if sources.cdr:
         sources = sources.model_copy(update={"cdr": sources.cdr.model_copy(update={"path": rel(sources.cdr.path)})})
     store = s.store

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from test_daemon import CALLBACKD, cli, wait_for
 
 
