@@ -43,6 +43,8 @@ class OpenEpisode:
     callback_id: int
     episode_start_ts: int
     failures: int
+    #: the call id of the episode's first counted failure: ties in the same second are ordered by it
+    start_call_id: str = ""
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class Open:
     last_failed_ts: int
     attempt_ids: list[int]
     trigger_call_id: str = ""
+    start_call_id: str = ""
     cancelled_by: AttemptView | None = None
 
     @property
@@ -112,19 +115,15 @@ def detect(
     since = now_ts - rules.lookback_seconds
     actions: list[Action] = []
     current: Open | Grow | None = None
-    current_start: int | None = None
+    current_start: tuple[int, str] | None = None   # (ts, call id) of the episode's first failure
     if open_episode is not None:
         current = Grow(open_episode.callback_id, 0, [])
-        current_start = open_episode.episode_start_ts
+        current_start = (open_episode.episode_start_ts, open_episode.start_call_id)
     streak: list[AttemptView] = []
-    # a connect in the same second as the open episode's start only cancels it once one of
-    # the episode's failures has been walked past (ties are ordered by call id)
-    in_episode = False
     for a in attempts:
+        key = (a.started_ts, a.call_id)
         if a.outcome is Outcome.CONNECTED:
-            if current is not None and current_start is not None and (
-                a.started_ts > current_start or (a.started_ts == current_start and in_episode)
-            ):
+            if current is not None and current_start is not None and key > current_start:
                 if isinstance(current, Open):
                     current.cancelled_by = a
                 else:
@@ -133,14 +132,12 @@ def detect(
                     actions.append(Cancel(current.callback_id, a))
                 current = None
                 current_start = None
-                in_episode = False
             streak = []
             continue
         if not counts(rules, a):
             continue
         if isinstance(current, Grow):
-            if a.started_ts >= (current_start or 0):
-                in_episode = True
+            if current_start is not None and key >= current_start:
                 current.attempt_ids.append(a.id)
                 current.last_failed_ts = max(current.last_failed_ts, a.started_ts)
             continue
@@ -160,9 +157,9 @@ def detect(
                 last_failed_ts=a.started_ts,
                 attempt_ids=[s.id for s in streak],
                 trigger_call_id=a.call_id,
+                start_call_id=streak[0].call_id,
             )
-            current_start = current.episode_start_ts
-            in_episode = True
+            current_start = (streak[0].started_ts, streak[0].call_id)
             actions.append(current)
             streak = []
     if isinstance(current, Grow) and current.attempt_ids:

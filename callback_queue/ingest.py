@@ -226,7 +226,8 @@ class Ingestor:
                       cb.c.triggered_at, cb.c.kind)
             .where(cb.c.number.in_(numbers), cb.c.state.in_(_OPEN))
         ):
-            open_eps[row.number] = OpenEpisode(row.id, int(row.episode_start.timestamp()), row.failures)
+            open_eps[row.number] = OpenEpisode(row.id, int(row.episode_start.timestamp()), row.failures,
+                                               self._start_call(conn, row.id))
             if (row.kind == "recall" and row.dial_attempts == 0
                     and row.state in (State.PENDING.value, State.SCHEDULED.value)):
                 untouched[row.number] = (int(row.episode_start.timestamp()), int(row.triggered_at.timestamp()))
@@ -270,6 +271,14 @@ class Ingestor:
                 elif isinstance(action, Cancel):
                     if self._cancel(conn, action, now):
                         result.cancelled.append(action.callback_id)
+
+    def _start_call(self, conn: Connection, callback_id: int) -> str:
+        """The call id of an open episode's first failure (orders ties within one second)."""
+        a, ca = t.attempts, t.callback_attempts
+        row = conn.execute(sa.select(a.c.call_id).join(ca, ca.c.attempt_id == a.c.id)
+                           .where(ca.c.callback_id == callback_id)
+                           .order_by(a.c.started_ts, a.c.call_id).limit(1)).first()
+        return row.call_id if row is not None else ""
 
     def _rederive(self, conn: Connection, number: str, views: list[AttemptView], ep: OpenEpisode,
                   stored: tuple[int, int], now_ts: int, boundary: int | None, now: datetime) -> bool:

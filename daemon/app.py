@@ -125,8 +125,10 @@ def cdr_parser(s: Settings, norm: Normalizer) -> Any:
 
 #: modules that register components or HTTP routes when imported (each feature adds its own)
 FEATURE_MODULES: list[str] = ["daemon.dispatch", "daemon.ami.source", "daemon.ami.dialer", "daemon.dialers.twilio"]
+FEATURE_MODULES.append("daemon.ami.doctor")
 FEATURE_MODULES.append("sms.feature")  # SMS outbox, rating page, Twilio webhooks (issue 5)
 FEATURE_MODULES += ["daemon.http.api", "daemon.http.console", "daemon.http.metrics"]  # console, API (issue 6)
+FEATURE_MODULES.append("daemon.sources.twilio_calls")  # Twilio call-log source (issue 5 item 7)
 #: builders called with the Daemon; each returns a component (start/stop/name) or None
 COMPONENT_BUILDERS: list[Callable[[Daemon], Any]] = []
 

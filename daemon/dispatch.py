@@ -153,8 +153,9 @@ class Scheduling:
             self._window_jobs()
         if self.dispatcher is not None:
             self.dispatcher.start()
-            d.add_job("dispatch", self.dispatcher.tick, 2.0)
-            d.add_job("reconcile", self.dispatcher.reconcile, 30.0)
+            d.add_job("dispatch", self.dispatcher.tick, d.settings.dialer.tick.total_seconds())
+            d.add_job("reconcile", self.dispatcher.reconcile,
+                      max(1.0, min(30.0, d.settings.dialer.lease.total_seconds() / 2)))
 
     def _window_jobs(self) -> None:
         """Re-plan at every window opening and closing of the next day (re-armed daily)."""

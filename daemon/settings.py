@@ -83,6 +83,8 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer
 
 
 def _zone(value: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a time zone name such as 'Asia/Shanghai' is needed")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -328,7 +330,7 @@ class TwilioSettings(_Section):
             f = data.get("auth_token_file")
             data = {
                 **data,
-                "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f else None, "twilio_auth_token"),
+                "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f and isinstance(f, str) else None, "twilio_auth_token"),
             }
         return data
 
@@ -351,7 +353,7 @@ class AliyunSettings(_Section):
             data = {
                 **data,
                 "access_key_secret": _secret_from_file(
-                    data.get("access_key_secret"), Path(f) if f else None, "aliyun_access_key_secret"
+                    data.get("access_key_secret"), Path(f) if f and isinstance(f, str) else None, "aliyun_access_key_secret"
                 ),
             }
         return data
@@ -363,6 +365,7 @@ class RatingSettings(_Section):
 
 
 from .settings_schedule import DialerSettings, ScheduleSettings  # noqa: E402
+from .sources.twilio_settings import TwilioSourceSettings  # noqa: E402
 
 
 class Settings(_Section):
@@ -377,6 +380,7 @@ class Settings(_Section):
     dialer: DialerSettings = DialerSettings()
     sms: SmsSettings = SmsSettings()
     twilio: TwilioSettings = TwilioSettings()
+    twilio_source: TwilioSourceSettings = TwilioSourceSettings()
     aliyun: AliyunSettings = AliyunSettings()
     rating: RatingSettings = RatingSettings()
     console: ConsoleSettings = ConsoleSettings()

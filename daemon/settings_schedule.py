@@ -115,3 +115,5 @@ class DialerSettings(_Section):
     kind: Literal["manual", "ami", "twilio"] = "manual"
     lease: Duration = Field(default=timedelta(minutes=10),
                             description="how long a placed call may take before it is reconciled")
+    tick: Duration = Field(default=timedelta(seconds=2), description="how often due callbacks are claimed "
+                                                                     "for free dialer slots")

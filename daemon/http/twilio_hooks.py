@@ -3,6 +3,10 @@
 POST /twilio/sms-status    message status callbacks -> the callback's history, sms_delivered / sms_failed
 POST /twilio/sms-inbound   replies: STOP / 退订 put the number on the do-not-contact list
 POST /twilio/call-status   call status callbacks of the Twilio dialer -> DialResult
+POST /twilio/inbound/status  status callbacks of citizens' calls to the hotline -> attempts (204)
+POST /twilio/inbound/queue   <Enqueue action="...">: QueueResult/QueueTime -> attempts (TwiML)
+POST /twilio/inbound/dial    <Dial action="...">: DialCallStatus -> attempts (TwiML)
+(the inbound ones: daemon/sources/twilio_calls.py; 404 unless [twilio_source] enabled)
 """
 
 from __future__ import annotations
@@ -103,10 +107,18 @@ def routes(services: Services) -> list[BaseRoute]:
         await run_in_threadpool(dialer.handle_status, form, ref)
         return Response(status_code=204)
 
+    def inbound(kind: str) -> Any:
+        from ..sources.twilio_calls import inbound_hook
+
+        return inbound_hook(services, kind, verified_form, _forbidden)
+
     return [
         Route("/twilio/sms-status", sms_status, methods=["POST"]),
         Route("/twilio/sms-inbound", sms_inbound, methods=["POST"]),
         Route("/twilio/call-status", call_status, methods=["POST"]),
+        Route("/twilio/inbound/status", inbound("status"), methods=["POST"]),
+        Route("/twilio/inbound/queue", inbound("queue"), methods=["POST"]),
+        Route("/twilio/inbound/dial", inbound("dial"), methods=["POST"]),
     ]
 
 

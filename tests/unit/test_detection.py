@@ -130,10 +130,12 @@ def _simulate(batches):
     for batch in batches:
         open_cb = next((c for c in callbacks if c["state"] == "open"), None)
         closed = [c["closed"] for c in callbacks if c["state"] != "open"]
-        ep = OpenEpisode(callbacks.index(open_cb), open_cb["start"], open_cb["failures"]) if open_cb else None
+        ep = (OpenEpisode(callbacks.index(open_cb), open_cb["start"], open_cb["failures"], open_cb["start_call"])
+              if open_cb else None)
         for act in run(batch, open_episode=ep, boundary=max(closed) if closed else None):
             if isinstance(act, Open):
-                c = {"start": act.episode_start_ts, "failures": act.failures, "state": "open", "closed": None}
+                c = {"start": act.episode_start_ts, "failures": act.failures, "state": "open", "closed": None,
+                     "start_call": act.start_call_id}
                 if act.cancelled_by:
                     c.update(state="cancelled", closed=act.cancelled_by.started_ts)
                 callbacks.append(c)
