@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import sys
-from collections import defaultdict
-from datetime import timedelta
 from typing import Any
 
 import click
@@ -43,77 +41,42 @@ def preview(obj: Ctx, days: int, weeks: int, fmt: str) -> None:
     """Per day: the windows, their capacity, the callbacks planned into each, SLA breaches ahead;
     and a weekday × hour heatmap of inbound volume with the windows marked."""
     from callback_queue.clock import SystemClock
-    from callback_queue.learning import hourly_volume
     from callback_queue.windows import DAYS
 
-    store, rules, planner = _rules_and_planner(obj)
-    now = SystemClock().now()
-    planner.horizon = timedelta(days=days)
-    plan = planner.compute(now)
-    tz = rules.tz
-    per_window: dict[Any, list[Any]] = defaultdict(list)
-    for p in plan.placements:
-        if p.window is not None:
-            per_window[p.window.start].append(p)
-    volume = hourly_volume(store, tz, now - timedelta(weeks=weeks), now)
-    marked = _window_hours(rules, now, tz)
-    breaches = plan.breaches
+    from .schedule_preview import build
+
+    if obj.settings.schedule is None:
+        raise click.ClickException("no [schedule] in the configuration: callbacks are due as soon as they open")
+    data = build(obj.settings, _store(obj), SystemClock().now(), days=days, weeks=weeks)
     if fmt == "json":
-        click.echo(json.dumps({
-            "timezone": str(tz), "generated_at": now.isoformat(),
-            "days": _days(plan, per_window, tz),
-            "sla_breaches": [{"callback_id": b.id, "planned": b.due_at.isoformat() if b.due_at else None}
-                             for b in breaches],
-            "unplaced": sum(1 for p in plan.placements if p.window is None),
-            "heatmap": {"weeks": weeks, "volume_per_hour": volume, "windows": marked},
-        }, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    from datetime import datetime
+
     from rich.console import Console
     from rich.table import Table
 
     con = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
-    t = Table(title=f"plan for the next {days} days (times in {tz})")
+    t = Table(title=f"plan for the next {days} days (times in {data['timezone']})")
     for c in ("day", "type", "window", "capacity", "planned", "free"):
         t.add_column(c)
-    for d in _days(plan, per_window, tz):
-        if not d["windows"]:
-            t.add_row(d["date"], d["type"], "-", "", "", "")
+    for d in data["days"]:
         for i, w in enumerate(d["windows"]):
             t.add_row(d["date"] if i == 0 else "", d["type"] if i == 0 else "", w["window"], str(w["capacity"]),
                       str(w["planned"]), str(w["capacity"] - w["planned"]))
     con.print(t)
-    unplaced = sum(1 for p in plan.placements if p.window is None)
-    con.print(f"open callbacks: {len(plan.placements)}; unplaced in the horizon: {unplaced}; "
+    breaches = data["sla_breaches"]
+    con.print(f"open callbacks: {data['open_callbacks']}; unplaced in the horizon: {data['unplaced']}; "
               f"[{'red' if breaches else 'green'}]SLA breaches ahead: {len(breaches)}[/]")
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(data["timezone"])
     for b in breaches[:20]:
-        when = b.due_at.astimezone(tz).strftime("%Y-%m-%d %H:%M") if b.due_at else "no window"
-        con.print(f"  callback {b.id}: planned {when}")
-    con.print(_heatmap(volume, marked, weeks, DAYS))
-
-
-def _days(plan: Any, per_window: dict[Any, list[Any]], tz: Any) -> list[dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for w in plan.windows:
-        key = w.day.isoformat()
-        day = out.setdefault(key, {"date": key, "type": w.day_type, "windows": []})
-        day["windows"].append({"window": f"{w.start.astimezone(tz):%H:%M}-{w.end.astimezone(tz):%H:%M}",
-                               "start": w.start.isoformat(), "end": w.end.isoformat(),
-                               "capacity": w.capacity, "planned": len(per_window.get(w.start, []))})
-    return list(out.values())
-
-
-def _window_hours(rules: Any, now: Any, tz: Any) -> dict[str, list[int]]:
-    """weekday -> local hours touched by a window, over the coming week."""
-    from callback_queue.windows import DAYS
-
-    hours: dict[str, set[int]] = {d: set() for d in DAYS}
-    for w in rules.windows(now, now + timedelta(days=7)):
-        t = w.start
-        while t < w.end:
-            local = t.astimezone(tz)
-            hours[DAYS[local.weekday()]].add(local.hour)
-            t += timedelta(minutes=30)
-    return {d: sorted(h) for d, h in hours.items()}
+        when = datetime.fromisoformat(b["planned"]).astimezone(tz).strftime("%Y-%m-%d %H:%M") if b["planned"] \
+            else "no window"
+        con.print(f"  callback {b['callback_id']}: planned {when}")
+    hm = data["heatmap"]
+    con.print(_heatmap(hm["volume_per_hour"], hm["windows"], weeks, DAYS))
 
 
 def _heatmap(volume: dict[str, list[float]], marked: dict[str, list[int]], weeks: int, days: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
@@ -256,7 +257,24 @@ OPS: list[Op] = [
        role=Role.ADMIN),
     Op("GET", "/api/config", get_config, "the effective configuration, secrets redacted", role=Role.ADMIN),
 ]
-# TODO(planner, issue 4): GET /api/schedule/preview once the planner's preview is importable.
+class PreviewQuery(HeatmapQuery):
+    days: int = Field(default=7, ge=1, le=31, description="how many days ahead")
+
+
+def get_preview(call: Call) -> Any:
+    from daemon.schedule_preview import build
+
+    q: PreviewQuery = call.query
+    try:
+        return build(call.services.settings, call.services.store, call.services.clock.now(), days=q.days,
+                     weeks=q.weeks)
+    except LookupError as exc:
+        raise HttpError(409, "conflict", str(exc)) from None
+
+
+OPS.append(Op("GET", "/api/schedule/preview", get_preview, "what the schedule will do: windows, capacity, "
+              "callbacks planned, SLA breaches ahead, inbound heatmap", role=Role.ADMIN, query=PreviewQuery,
+              errors=(400, 409, 422)))
 
 
 def api_routes(services: Services) -> list[BaseRoute]:

@@ -231,9 +231,30 @@ def cancel(p: Page) -> Response:
 def admin(p: Page) -> Response:
     s = p.services
     heat = reports.inbound_heatmap(s.store, s.settings.tz, s.clock.now(), 4)
-    return p.render("admin.html", heat=heat, heatmap_svg=charts.heatmap(heat["total"], heat["max"]),
+    preview = None
+    outlines: list[tuple[int, int, int]] = []
+    if s.settings.schedule is not None:
+        from callback_queue.windows import DAYS
+        from daemon.schedule_preview import build
+
+        preview = build(s.settings, s.store, s.clock.now(), days=7, weeks=4)
+        for d, day in enumerate(DAYS):
+            for start, end in _runs(preview["heatmap"]["windows"][day]):
+                outlines.append((d, start, end))
+    return p.render("admin.html", heat=heat, heatmap_svg=charts.heatmap(heat["total"], heat["max"], outlines),
                     sla=reports.sla_status(s.store, s.clock.now(), s.settings.console.report_sla),
-                    windows=reports.per_window(s.store), counts=s.queue.counts())
+                    preview=preview, windows=reports.per_window(s.store), counts=s.queue.counts())
+
+
+def _runs(hours: list[int]) -> list[tuple[int, int]]:
+    """[12, 13, 19] -> [(12, 14), (19, 20)]: contiguous hours as (start, end)."""
+    out: list[tuple[int, int]] = []
+    for h in hours:
+        if out and out[-1][1] == h:
+            out[-1] = (out[-1][0], h + 1)
+        else:
+            out.append((h, h + 1))
+    return out
 
 
 def _report(p: Page) -> tuple[reports.Report, ReportQuery]:

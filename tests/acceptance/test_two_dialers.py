@@ -104,16 +104,21 @@ def test_two_daemons_dial_each_callback_once_across_a_leader_kill(tmp_path: Path
     with AmiTestServer() as server:
         server.outcome_delay = 0.005
         a_cfg, b_cfg = config(tmp_path, pg_url, "a", server.port), config(tmp_path, pg_url, "b", server.port)
-        a = subprocess.Popen([*CALLBACKD, "--config", str(a_cfg), "run"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        # The daemons' output goes to files, not pipes: nobody reads a pipe while the test runs, and
+        # once its 64 KiB buffer is full (about 140 calls of JSON log lines) every thread that logs
+        # blocks in write(2) - the dispatch job, the dialer's delivery thread, the heartbeat - and
+        # the daemon looks deadlocked ("maximum number of running instances", "no heartbeat").
+        logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("a", "b")}  # noqa: SIM115 - closed below
+        a = subprocess.Popen([*CALLBACKD, "--config", str(a_cfg), "run"], stdout=logs["a"],
+                             stderr=subprocess.STDOUT)
         b = None
         try:
             assert server.wait_for(lambda: len(server.originates) >= 20, 30), "A never dialed"
-            b = subprocess.Popen([*CALLBACKD, "--config", str(b_cfg), "run"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+            b = subprocess.Popen([*CALLBACKD, "--config", str(b_cfg), "run"], stdout=logs["b"],
+                                 stderr=subprocess.STDOUT)
             assert server.wait_for(lambda: len(server.originates) >= total // 3, 60)
             a.send_signal(signal.SIGKILL)   # the leader, mid-run
-            a.communicate(timeout=30)
+            a.wait(timeout=30)
             killed_wall = time.time()
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
@@ -126,7 +131,12 @@ def test_two_daemons_dial_each_callback_once_across_a_leader_kill(tmp_path: Path
             for p in (a, b):
                 if p is not None and p.poll() is None:
                     p.send_signal(signal.SIGTERM)
-            err_b = b.communicate(timeout=60)[1] if b is not None else ""
+            for p in (a, b):
+                if p is not None:
+                    p.wait(timeout=60)
+            for f in logs.values():
+                f.close()
+            err_b = (tmp_path / "b.log").read_text()
         per_number = collections.Counter(o["Channel"] for o in server.originates)
     twice = {k: v for k, v in per_number.items() if v > 1}
     assert twice == {}, f"dialed more than once: {list(twice.items())[:5]}"

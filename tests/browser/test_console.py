@@ -49,7 +49,8 @@ def site(tmp_path: Path, clock: FakeClock) -> Iterator[dict[str, Any]]:
     server.start()
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        yield {"base": f"http://127.0.0.1:{server.port}", "ids": ids, "tokens": toks, "store": store}
+        yield {"base": f"http://127.0.0.1:{server.port}", "ids": ids, "tokens": toks, "store": store,
+               "clock": clock}
     finally:
         server.stop()
         store.dispose()
@@ -106,9 +107,28 @@ def test_admin_opens_the_heatmap_and_the_reports(site: dict[str, Any], chromium:
     assert cells.count() == 7 * 24
     busy = page.locator("#heatmap svg rect[data-day] title").evaluate_all("els => els.map(e => e.textContent)")
     assert sum(int(re.search(r"— (\d+) calls", t).group(1)) for t in busy) == 18  # type: ignore[union-attr]
-    assert "pending" in page.inner_text("#windows-pending")
+    assert "No [schedule] is configured" in page.inner_text("#windows-pending")
     assert page.inner_text("#sla").split()[-5:] == ["6", "0", "0", "6", "0"]
-    page.screenshot(path=str(ARTIFACTS / "console-admin-heatmap.png"), full_page=True)
+
+    # with off-peak windows configured, the heatmap outlines them and the plan shows each window's load
+    from daemon.settings import Settings
+
+    planned = Settings.model_validate({"daemon": {"timezone": "Asia/Shanghai"}, "schedule": {
+        "workday": ["12:00-13:30", "18:30-20:30"], "restday": ["10:00-12:00"], "capacity": {"fixed": 4}}})
+    server = HttpServer(create_app(services(site["store"], site["clock"], planned),
+                                   [api.api_routes, console.console_routes]), "127.0.0.1", 0)
+    server.start()
+    try:
+        base2 = f"http://127.0.0.1:{server.port}"
+        page.goto(base2 + "/console/admin")   # cookies are per host, not port: the session carries over
+        assert page.locator("#heatmap svg rect.window").count() >= 7   # at least one outline per day
+        rows = page.locator("#windows tr").all_inner_texts()
+        assert any("12:00-13:30" in r for r in rows)
+        assert sum(int(r.split("\t")[2]) for r in rows[1:]) == 6        # the six open callbacks are planned
+        page.screenshot(path=str(ARTIFACTS / "console-admin-heatmap.png"), full_page=True)
+    finally:
+        server.stop()
+    page.goto(base + "/console/admin")
 
     page.click("nav >> text=Reports")
     page.wait_for_url(re.compile(r"/console/reports$"))

@@ -1,0 +1,33 @@
+"""GET /api/schedule/preview: the same plan as `callbackd schedule preview`, for admins only."""
+
+from __future__ import annotations
+
+from console_support import app, bearer, seed, services, tokens
+from starlette.testclient import TestClient
+
+from callback_queue.clock import FakeClock
+from callback_queue.store import Store
+from daemon.settings import Settings
+
+
+def test_preview_over_the_api(store: Store, clock: FakeClock) -> None:
+    toks = tokens(store, clock)
+    seed(store, clock, 5)
+    s = Settings.model_validate({"daemon": {"timezone": "Asia/Shanghai"},
+                                 "schedule": {"workday": ["12:00-13:00"], "restday": ["12:00-13:00"],
+                                              "capacity": {"fixed": 3}, "quiet_hours": []}})
+    with TestClient(app(services(store, clock, s))) as client:
+        r = client.get("/api/schedule/preview?days=3", headers=bearer(toks["admin"]))
+        assert r.status_code == 200, r.text
+        data = r.json()
+        planned = sum(w["planned"] for d in data["days"] for w in d["windows"])
+        assert data["open_callbacks"] == 5 and planned == 5      # 3 today, 2 tomorrow
+        assert data["days"][0]["windows"][0] == {**data["days"][0]["windows"][0], "window": "12:00-13:00",
+                                                  "capacity": 3}
+        assert set(data["heatmap"]["windows"]) == {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
+        assert 12 in data["heatmap"]["windows"]["mon"]
+        assert client.get("/api/schedule/preview", headers=bearer(toks["operator"])).status_code == 403
+        assert client.get("/api/schedule/preview?days=0", headers=bearer(toks["admin"])).status_code in (400, 422)
+    with TestClient(app(services(store, clock, Settings()))) as client:
+        r = client.get("/api/schedule/preview", headers=bearer(toks["admin"]))
+        assert r.status_code == 409 and "no [schedule]" in r.json()["error"]["message"]
