@@ -55,6 +55,11 @@ class LoginRefused(AmiError):
     """The PBX refused the login (username or secret)."""
 
 
+class AmiNoReply(AmiError):
+    """The action was sent but no Response came (timeout, or the link closed while waiting):
+    the PBX may well have carried it out."""
+
+
 class _Future(FutureResponse):
     """asterisk-ami's FutureResponse without the deprecated notifyAll()."""
 
@@ -393,9 +398,10 @@ class AmiLink:
                 return resp
             if client.finished.is_set():
                 err = client.error
-                raise AmiError(f"link closed during {action.name}" + (f" ({err})" if err else ""))
+                raise AmiNoReply(f"link closed during {action.name}" + (f" ({err})" if err else ""))
             if time.monotonic() >= deadline:
-                raise AmiError(f"no answer to {action.name} within {timeout:g}s")
+                client._futures.pop(action.keys.get("ActionID"), None)  # a late Response is dropped
+                raise AmiNoReply(f"no answer to {action.name} within {timeout:g}s")
             with fut._lock:
                 fut._lock.wait(0.05)
 

@@ -37,7 +37,7 @@ from callback_queue.retry import DialOutcome
 from ..app import Daemon
 from ..dispatch import DIALERS, DialError
 from ..logs import get_logger
-from .client import AmiError, AmiLink
+from .client import AmiError, AmiLink, AmiNoReply
 from .settings import AmiDialerSettings, dialer_settings
 from .source import DIALER_EVENTS, link_for
 
@@ -61,6 +61,7 @@ class _Call:
     leg_status: str | None = None        # DialEnd of the originated leg (DestUniqueid = ours)
     citizen_status: str | None = None    # agent-first: DialEnd of our channel's Dial to the citizen
     settle_at: float | None = None
+    unanswered: bool = False             # the Originate was sent but its Response never came
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,7 +146,16 @@ class AmiDialer:
             variables["CALLBACK_CALLERID"] = self.s.caller_id
         try:
             self.link.action("Originate", keys, variables)
-        except AmiError as exc:
+        except AmiNoReply as exc:
+            # Sent, but no Response (timeout, or the link dropped while waiting): the PBX may be
+            # ringing the citizen now. Reporting "failed" would retry the callback and could ring
+            # them twice, so the call stays in flight, outcome unknown: its OriginateResponse /
+            # DialEnd (ActionID / ChannelId = ours) still ends it; if they never come, status()
+            # asks the PBX once the lease runs out.
+            with self._lock:
+                call.unanswered = True
+            self.log.warning("ami.originate_unanswered", dial_ref=request.dial_ref, error=str(exc))
+        except AmiError as exc:  # not sent (link down) or refused by the PBX: nothing was dialed
             self._forget(request.dial_ref)
             raise DialError(str(exc)) from exc
 
@@ -153,7 +163,8 @@ class AmiDialer:
         with self._lock:
             if dial_ref in self._done:
                 return self._done[dial_ref]
-            if dial_ref in self._calls:
+            call = self._calls.get(dial_ref)
+            if call is not None and not call.unanswered:
                 return None
         if not self.link.connected:
             raise DialError(f"AMI link to {self.link.name} is down: cannot tell how {dial_ref} ended")
@@ -163,6 +174,11 @@ class AmiDialer:
             raise DialError(str(exc)) from exc
         if any(c.get("uniqueid") == channel_id(dial_ref) for c in chans):
             return None
+        if call is not None:  # an unanswered Originate whose channel is gone (or never was)
+            with self._lock:
+                if dial_ref in self._done:
+                    return self._done[dial_ref]
+                self._forget(dial_ref, locked=True)
         # placed before a restart and gone without our seeing how it ended: the PBX no longer
         # knows either; count it as failed (retried by the policy), never as reached
         self.log.warning("ami.dial_unseen", dial_ref=dial_ref, started_at=started_at.isoformat())
