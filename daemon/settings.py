@@ -330,7 +330,8 @@ class TwilioSettings(_Section):
             f = data.get("auth_token_file")
             data = {
                 **data,
-                "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f and isinstance(f, str) else None, "twilio_auth_token"),
+                "auth_token": _secret_from_file(data.get("auth_token"), Path(f) if f and isinstance(f, str) else None,
+                                                "twilio_auth_token"),
             }
         return data
 
@@ -353,7 +354,8 @@ class AliyunSettings(_Section):
             data = {
                 **data,
                 "access_key_secret": _secret_from_file(
-                    data.get("access_key_secret"), Path(f) if f and isinstance(f, str) else None, "aliyun_access_key_secret"
+                    data.get("access_key_secret"), Path(f) if f and isinstance(f, str) else None,
+                    "aliyun_access_key_secret"
                 ),
             }
         return data

@@ -92,7 +92,8 @@ def pg_url(request: pytest.FixtureRequest) -> str:
 def states(url: str) -> collections.Counter[str]:
     eng = sa.create_engine(url)
     with eng.connect() as c:
-        out = collections.Counter(dict(c.execute(sa.text("SELECT state, count(*) FROM callbacks GROUP BY state")).all()))
+        rows = c.execute(sa.text("SELECT state, count(*) FROM callbacks GROUP BY state")).all()
+        out = collections.Counter(dict(rows))
     eng.dispose()
     return out
 
