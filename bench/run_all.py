@@ -257,8 +257,8 @@ def bench_idle_rss() -> list[Row]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-    return [Row("idle RSS (daemon, SQLite, demo config)", f"{rss / MIB:.1f} MiB", f"bare python {base_rss / MIB:.1f} MiB",
-                "< 80 MiB", _status(rss < 80 * MIB))]
+    return [Row("idle RSS (daemon, SQLite, demo config)", f"{rss / MIB:.1f} MiB",
+                f"bare python {base_rss / MIB:.1f} MiB", "< 80 MiB", _status(rss < 80 * MIB))]
 
 
 def _median_run(cmd: list[str], n: int = 10) -> float:

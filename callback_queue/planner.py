@@ -76,10 +76,10 @@ class Planner:
                     if p.breach and breached_at is None:
                         breach_at = now
                         breaches.append(p.id)
-                    updates.append((new[0], new[1], new[2], new[3], sla_due, breach_at, now, p.id))
+                    updates.append((new[0], new[1], new[2], new[3], sla_due, breach_at, now, p.id, state))
                 elif p.breach and breached_at is None:
                     breaches.append(p.id)
-                    updates.append((state, w_start, new[2], due, sla_due, now, now, p.id))
+                    updates.append((state, w_start, new[2], due, sla_due, now, now, p.id, state))
             if updates:
                 _write_plan(conn, updates)
             if breaches:
@@ -115,20 +115,24 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]]) -> None:
         # COPY into a temporary table, then one UPDATE joined to it
         conn.exec_driver_sql(
             "CREATE TEMPORARY TABLE IF NOT EXISTS plan_rows (state text, ws timestamptz, we timestamptz, "
-            "due timestamptz, sla timestamptz, breach timestamptz, now timestamptz, id bigint) ON COMMIT DELETE ROWS")
+            "due timestamptz, sla timestamptz, breach timestamptz, now timestamptz, id bigint, old text) "
+            "ON COMMIT DELETE ROWS")
         cur = conn.connection.driver_connection.cursor()
-        with cur.copy("COPY plan_rows (state, ws, we, due, sla, breach, now, id) FROM STDIN") as copy:
+        with cur.copy("COPY plan_rows (state, ws, we, due, sla, breach, now, id, old) FROM STDIN") as copy:
             for u in updates:
                 copy.write_row(u)
         conn.exec_driver_sql(
             "UPDATE callbacks AS c SET state = u.state, window_start = u.ws, window_end = u.we, due_at = u.due, "
-            "sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = u.now FROM plan_rows AS u WHERE c.id = u.id")
+            "sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = u.now FROM plan_rows AS u "
+            # only if nobody changed its state since it was read (a cancel, a close or a claim committed
+            # meanwhile wins; the next replan sees it): PostgreSQL's read above took no row locks
+            "WHERE c.id = u.id AND c.state = u.old")
         return
     dt = _datetime_binder(conn)
     conn.exec_driver_sql(
         "UPDATE callbacks SET state = ?, window_start = ?, window_end = ?, due_at = ?, sla_due_at = ?, "
-        "sla_breached_at = ?, updated_at = ? WHERE id = ?",
-        [(u[0], dt(u[1]), dt(u[2]), dt(u[3]), dt(u[4]), dt(u[5]), dt(u[6]), u[7]) for u in updates])
+        "sla_breached_at = ?, updated_at = ? WHERE id = ? AND state = ?",
+        [(u[0], dt(u[1]), dt(u[2]), dt(u[3]), dt(u[4]), dt(u[5]), dt(u[6]), u[7], u[8]) for u in updates])
 
 
 def _write_breach_events(conn: Any, now: datetime, rows: list[tuple[int, str]]) -> None:

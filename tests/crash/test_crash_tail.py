@@ -8,7 +8,6 @@ attempt stored once, exactly the callbacks the model owes, the self-resolved one
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -16,39 +15,9 @@ from callback_queue.detection import DetectRules
 from tests.support.crash import Proc, seeded, wait_for, write_config
 from tests.support.dbcheck import TRANSIENT, model_mismatches, read_attempt_ids, read_callbacks, scalar
 from tests.support.model import expected, read_gen_queue_log
-from tests.support.traffic import queue_log_lines
+from tests.support.traffic import Writer, queue_log_lines
 
 RULES = DetectRules(threshold=3, lookback_seconds=3650 * 86400, min_wait_seconds=5)
-
-
-class Writer(threading.Thread):
-    """Appends the traffic in random pieces (cut anywhere, even mid-line) over about `seconds`."""
-
-    def __init__(self, path: Path, lines: list[str], rng, seconds: float) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(daemon=True)
-        self.path, self.rng = path, rng
-        self.data = ("\n".join(lines) + "\n").encode()
-        self.rotate_at = self.data.index(b"\n", len(self.data) // 2) + 1  # rotate on a line boundary
-        self.pieces = max(1, len(self.data) // 1500)
-        self.pause = seconds / self.pieces
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            pos, rotated = 0, False
-            while pos < len(self.data):
-                end = min(len(self.data), pos + self.rng.randrange(1, 3000))
-                if not rotated and end > self.rotate_at:
-                    end = self.rotate_at
-                with open(self.path, "ab") as f:
-                    f.write(self.data[pos:end])
-                pos = end
-                if pos == self.rotate_at and not rotated:
-                    self.path.rename(self.path.with_name(self.path.name + ".1"))
-                    rotated = True
-                time.sleep(self.rng.uniform(0, 2 * self.pause))
-        except BaseException as exc:  # reported by the test
-            self.error = exc
 
 
 def test_sigkill_while_tailing_loses_nothing_and_doubles_nothing(tmp_path: Path, store_url: str):

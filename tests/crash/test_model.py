@@ -3,6 +3,7 @@ ingest path (parser → Ingestor → store) on generated traffic cut into random
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime
 
@@ -177,5 +178,29 @@ def test_getting_through_then_a_new_streak_in_one_batch_keeps_both_episodes(stor
         a, b = read_callbacks(store_url)
         assert (a.state, a.outcome, a.episode_start_ts) == ("cancelled", "self-resolved", t)
         assert (b.state, b.episode_start_ts) == ("pending", t + 700)
+    finally:
+        store.dispose()
+
+
+def test_an_earlier_connect_logged_late_retracts_the_callback(store_url: str):
+    """Overlapping calls are logged by their end: F F F(started after the connect) C(started first).
+    In event order there never were three failures in a row; the daemon opens on what it has, then
+    cancels unworked (outcome 'reclassified'), and the model check tolerates exactly that."""
+    now = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    t = int(now.timestamp()) - 3600
+    store = Store(store_url)
+    try:
+        ing = Ingestor(store, FakeClock(now), RULES)
+        fails = [att(N1, t, call_id="f0"), att(N1, t + 300, call_id="f1"), att(N1, t + 1620, wait=19, call_id="f2")]
+        connect = att(N1, t + 1610, "connected", wait=95, call_id="ok")
+        ing.ingest(fails)
+        ing.ingest([connect])
+        exp = expected([*fails, connect], RULES, int(now.timestamp()))
+        assert exp.episodes == ()
+        [cb] = read_callbacks(store_url)
+        assert (cb.state, cb.outcome, cb.dial_attempts) == ("cancelled", "reclassified", 0)
+        assert model_mismatches(exp, [cb]) == []
+        assert model_mismatches(exp, [dataclasses.replace(cb, state="pending")]) != []
+        assert model_mismatches(exp, [dataclasses.replace(cb, dial_attempts=1)]) != []
     finally:
         store.dispose()

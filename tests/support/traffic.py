@@ -9,6 +9,9 @@ abandons are shorter than a typical min_wait (misdials).
 from __future__ import annotations
 
 import random
+import threading
+import time
+from pathlib import Path
 
 
 def queue_log_lines(seed: int, calls: int, *, start_ts: int, numbers: int = 40,
@@ -41,3 +44,33 @@ def queue_log_lines(seed: int, calls: int, *, start_ts: int, numbers: int = 40,
             out.append((t + wait, seq, f"{t + wait}|{callid}|hotline|NONE|EXITWITHTIMEOUT|1|1|{wait}"))
     out.sort()
     return [line for _, _, line in out]
+
+
+class Writer(threading.Thread):
+    """Appends the traffic in random pieces (cut anywhere, even mid-line) over about `seconds`."""
+
+    def __init__(self, path: Path, lines: list[str], rng: random.Random, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.path, self.rng = path, rng
+        self.data = ("\n".join(lines) + "\n").encode()
+        self.rotate_at = self.data.index(b"\n", len(self.data) // 2) + 1  # rotate on a line boundary
+        self.pieces = max(1, len(self.data) // 1500)
+        self.pause = seconds / self.pieces
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            pos, rotated = 0, False
+            while pos < len(self.data):
+                end = min(len(self.data), pos + self.rng.randrange(1, 3000))
+                if not rotated and end > self.rotate_at:
+                    end = self.rotate_at
+                with open(self.path, "ab") as f:
+                    f.write(self.data[pos:end])
+                pos = end
+                if pos == self.rotate_at and not rotated:
+                    self.path.rename(self.path.with_name(self.path.name + ".1"))
+                    rotated = True
+                time.sleep(self.rng.uniform(0, 2 * self.pause))
+        except BaseException as exc:  # reported by the test
+            self.error = exc
