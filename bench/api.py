@@ -158,6 +158,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=100, help="per client and measurement")
     ap.add_argument("--keep", action="store_true", help="keep the database")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures (run_all.py)")
     ap.add_argument("--serve", nargs=2, metavar=("URL", "PORT_FILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -213,6 +214,15 @@ def main() -> int:
     ratio = pct(results["claim next"][0][0], 99) / max(pct(bare, 99), 1e-9)
     print(f"\ntarget: API p99 < 50 ms -> worst {worst:.1f} ms ({'met' if worst < 50 else 'NOT met'}); "
           f"claim p99 within 5x bare -> {ratio:.1f}x ({'met' if ratio <= 5 else 'NOT met'})")
+    if args.json:
+        import json
+
+        out = {"benchmark": "api", "callbacks": args.callbacks, "clients": c, "requests": n}
+        for name, ((lat, _codes), _wall) in results.items():
+            key = name.replace(" ", "_")
+            out[f"{key}_p50_ms"], out[f"{key}_p99_ms"] = round(pct(lat, 50), 2), round(pct(lat, 99), 2)
+        out["bare_claim_p50_ms"], out["bare_claim_p99_ms"] = round(pct(bare, 50), 2), round(pct(bare, 99), 2)
+        print(json.dumps(out))
     return 0
 
 
