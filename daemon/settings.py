@@ -117,9 +117,20 @@ class DaemonSettings(_Section):
 
 
 class StoreSettings(_Section):
-    url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in daemon.state_dir")
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in daemon.state_dir "
+                                                      "(or the credential store_url)")
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite: how long a writer waits for the lock")
     pool_size: int = Field(default=5, ge=1, description="PostgreSQL connections per daemon")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_credential(cls, data: Any) -> Any:
+        # a PostgreSQL URL carries a password: systemd's LoadCredential=store_url:... keeps it out of the file
+        if isinstance(data, dict) and not data.get("url"):
+            url = _secret_from_file(None, None, "store_url")
+            if url:
+                data = {**data, "url": url}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -372,7 +383,7 @@ from .sources.twilio_settings import TwilioSourceSettings  # noqa: E402
 
 class Settings(_Section):
     daemon: DaemonSettings = DaemonSettings()
-    store: StoreSettings = StoreSettings()
+    store: StoreSettings = Field(default_factory=StoreSettings)  # built at load: reads credentials
     detect: DetectSettings = DetectSettings()
     queue: QueueSettings = QueueSettings()
     retry: RetrySettings = RetrySettings()

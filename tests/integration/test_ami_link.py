@@ -80,6 +80,22 @@ def test_idle_link_stays_up(db: Store) -> None:
         assert [(r["call_id"], r["reason"]) for r in attempts(db)] == [("1795772431.3", "abandon")]
 
 
+@pytest.mark.slow
+def test_idle_link_stays_up_for_60_s_with_the_librarys_own_timeout(db: Store) -> None:
+    """The issue's figure, literally: 60 s without a single event, asterisk-ami's 3-second socket
+    timeout, the default keep-alive. (The test above shows the same at 20x speed.)"""
+    clock = FakeClock(AFTER_CAPTURE)
+    with AmiTestServer() as server:
+        s = ami_settings(server.port)   # socket_timeout 3.0, ping_interval 1.0: the defaults
+        assert s.sources.ami[0].socket_timeout == 3.0
+        with running_source(s, db, clock) as src:
+            assert server.wait_logged_in()
+            time.sleep(60.0)
+            assert src.link.connected
+            assert server.connections == 1 and src.link.connects == 1
+            assert sum(1 for a in server.actions if a.get("Action") == "Ping") >= 40
+
+
 def test_dropped_mid_packet_reconnects_and_the_queue_log_fills_the_gap(db: Store) -> None:
     clock = FakeClock(AFTER_CAPTURE)
     step = "22_mixed_story"
