@@ -178,22 +178,40 @@ class Daemon:
 
     def _build(self) -> None:
         from .http.app import Services
-        from .sources.pipeline import TailRunner
 
         s = self.settings
-        norm = normalizer(s)
         self.ingestor = Ingestor(self.store, self.clock, detect_rules(s), on_opened=self._opened)
         self.services = Services(settings=s, store=self.store, clock=self.clock, queue=self.queue)
+        self.tails = self._tail_runners(s)
+
+    def _tail_runners(self, s: Settings) -> list[tuple[Any, Any]]:
+        from .sources.pipeline import TailRunner
+
+        norm = normalizer(s)
+        tails: list[tuple[Any, Any]] = []
         if s.sources.queue_log:
             src = s.sources.queue_log
-            self.tails.append((TailRunner(f"queue_log:{src.system}", src.path, queue_log_parser(s, norm),
-                                          self.ingestor, start_at_end=src.start_at == "end", log=self.log),
-                               src.poll_interval))
+            tails.append((TailRunner(f"queue_log:{src.system}", src.path, queue_log_parser(s, norm),
+                                     self.ingestor, start_at_end=src.start_at == "end", log=self.log),
+                          src.poll_interval))
         if s.sources.cdr:
             src2 = s.sources.cdr
-            self.tails.append((TailRunner(f"cdr:{src2.system}", src2.path, cdr_parser(s, norm), self.ingestor,
-                                          start_at_end=src2.start_at == "end", log=self.log),
-                               src2.poll_interval))
+            tails.append((TailRunner(f"cdr:{src2.system}", src2.path, cdr_parser(s, norm), self.ingestor,
+                                     start_at_end=src2.start_at == "end", log=self.log),
+                          src2.poll_interval))
+        return tails
+
+    def _reload_sources(self, new: Settings) -> None:
+        """Files added, removed or changed: stop the old tails (their positions are committed) and start
+        the new ones from the positions in the database."""
+        for runner, _ in self.tails:
+            if self.scheduler.get_job(f"poll:{runner.name}") is not None:
+                self.scheduler.remove_job(f"poll:{runner.name}")
+            runner.close()
+        self.tails = self._tail_runners(new)
+        for runner, interval in self.tails:
+            self.add_job(f"poll:{runner.name}", runner.poll, interval.total_seconds(), singleton=True)
+        self.log.info("sources.reloaded", sources=[r.name for r, _ in self.tails])
 
     def _opened(self, ids: list[int]) -> None:
         for comp in self.components:
@@ -400,6 +418,10 @@ class Daemon:
         self.queue.planned = new.schedule is not None
         if self.services is not None:
             self.services.settings = new
+        self.ingestor.rules = detect_rules(new)
+        if (old.sources.queue_log, old.sources.cdr, old.detect) != (new.sources.queue_log, new.sources.cdr,
+                                                                     new.detect):
+            self._reload_sources(new)
         for comp in self.components:
             if hasattr(comp, "reload"):
                 comp.reload(new)

@@ -97,6 +97,21 @@ class Dispatcher:
     def start(self) -> None:
         self.dialer.start(self.on_result)
 
+    def drain(self, timeout: float) -> int:
+        """On shutdown: wait for the calls this worker placed to end (their outcomes are recorded as
+        they come in). Returns how many were still under way at the deadline; those stay "dialing"
+        with their dial ref and are reconciled with the PBX by the next daemon, never re-dialed."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [c for c in self.dq.in_flight(self.dialer.kind) if c.claimed_by == self.worker]
+            if not left or time.monotonic() >= deadline:
+                if left:
+                    self.log.warning("dial.drain_incomplete", calls=len(left), timeout_s=timeout)
+                return len(left)
+            time.sleep(0.2)
+
     def stop(self) -> None:
         self.dialer.stop()
 
@@ -192,7 +207,11 @@ class Scheduling:
             self.replan()
 
     def stop(self) -> None:
+        # the scheduler is already shut down (no new claims): let the calls under way finish first
         if self.dispatcher is not None:
+            left = self.dispatcher.drain(self.daemon.settings.dialer.drain_timeout.total_seconds())
+            if not left:
+                self.log.info("dial.drained")
             self.dispatcher.stop()
 
 

@@ -117,3 +117,5 @@ class DialerSettings(_Section):
                             description="how long a placed call may take before it is reconciled")
     tick: Duration = Field(default=timedelta(seconds=2), description="how often due callbacks are claimed "
                                                                      "for free dialer slots")
+    drain_timeout: Duration = Field(default=timedelta(seconds=30), description="on stop, wait this long for "
+                                    "calls under way to end (keep it below the unit's TimeoutStopSec)")

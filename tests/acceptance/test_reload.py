@@ -89,3 +89,43 @@ def test_sighup_replans_with_new_windows(tmp_path: Path, store_url: str):
     assert p.returncode == 0, err
     events = [json.loads(x)["event"] for x in err.splitlines() if x.startswith("{")]
     assert events.count("daemon.reloaded") == 2
+
+
+def test_sighup_adds_a_source(tmp_path: Path, store_url: str):
+    """A CDR source added to the configuration is tailed after SIGHUP, without a restart."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    cfg = config(tmp_path, store_url, f"{hhmm(now + timedelta(hours=2))}-{hhmm(now + timedelta(hours=3))}")
+    cli(cfg, "db", "upgrade")
+    (tmp_path / "queue_log").write_text("")
+    t = int(time.time()) - 300
+    stamp = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    end = datetime.fromtimestamp(t + 20, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    # one caller refused at the queue's door: only the CDR knows (queue_log has no line)
+    (tmp_path / "Master.csv").write_text(
+        f'"","13700001111","12345","from-pstn","""Citizen"" <13700001111>","PJSIP/trunk-0001","","Queue",'
+        f'"hotline","{stamp}","{stamp}","{end}",20,20,"ANSWERED","DOCUMENTATION","{t}.1",""\n')
+    p = subprocess.Popen([*CALLBACKD, "--config", str(cfg), "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        time.sleep(2)
+        assert "13700001111" not in cli(cfg, "callbacks", "list", "--format", "json").stdout
+        cfg.write_text(cfg.read_text() + f'\n[sources.cdr]\npath = "{tmp_path / "Master.csv"}"\n'
+                                          f'timezone = "UTC"\npoll_interval = "0.2s"\n')
+        p.send_signal(signal.SIGHUP)
+
+        def stored():
+            import sqlalchemy as sa
+
+            eng = sa.create_engine(store_url)
+            with eng.connect() as c:
+                n = c.execute(sa.text("SELECT count(*) FROM attempts WHERE origin = 'cdr'")).scalar()
+            eng.dispose()
+            return n == 1
+
+        assert wait_for(stored, 15), "the CDR source added by SIGHUP never read its file"
+        assert p.poll() is None
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert '"sources.reloaded"' in err
