@@ -86,7 +86,16 @@ class SmsComponent:
                                hint="set [http] public_url: citizens open the rating link from their phones")
 
     def start(self) -> None:
-        self.daemon.add_job("sms:outbox", self.outbox.tick, self.daemon.settings.sms.poll_interval.total_seconds())
+        # through self.outbox at every tick, so a reload's new outbox is the one that runs
+        self.daemon.add_job("sms:outbox", lambda: self.outbox.tick(),
+                            self.daemon.settings.sms.poll_interval.total_seconds())
+
+    def reload(self, new: Any) -> None:
+        """SIGHUP: templates, routes and senders are rebuilt; messages under way keep their rows."""
+        try:
+            self.outbox = build_outbox(new, self.daemon.store, self.daemon.clock, log=self.daemon.log)
+        except Exception as exc:  # noqa: BLE001 - a bad new SMS setup keeps the old one running
+            self.daemon.log.error("sms.reload_failed", error=str(exc))
 
     def stop(self) -> None:
         pass

@@ -102,3 +102,28 @@ def test_router_longest_prefix_wins() -> None:
     assert Router([Route("+86", "aliyun")], senders).route("+1555") is None  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="not configured"):
         Router([Route("", "nope")], senders)  # type: ignore[arg-type]
+
+
+def test_a_reload_rebuilds_the_outbox_with_the_new_templates() -> None:
+    """SIGHUP: the SMS component builds a new outbox from the new settings (templates, routes)."""
+    import types
+
+    from callback_queue.clock import FakeClock
+    from daemon.settings import Settings
+    from sms.service import SmsComponent
+
+    jobs: dict[str, object] = {}
+    logs: list[str] = []
+    old = Settings()
+    daemon = types.SimpleNamespace(settings=old, store=None, clock=FakeClock(),
+                                   add_job=lambda n, f, s: jobs.update({n: f}),
+                                   log=types.SimpleNamespace(warning=lambda *a, **k: None,
+                                                             error=lambda *a, **k: logs.append(a[0])))
+    comp = SmsComponent(daemon)
+    comp.start()
+    first = comp.outbox
+    new = Settings.model_validate({"sms": {"hotline_name": {"zh-CN": "西宁12345", "en": "Xining 12345"}}})
+    comp.reload(new)
+    assert comp.outbox is not first and logs == []
+    text = str(comp.outbox.composer.render("recall", "zh-CN", link="https://x/r/abc"))
+    assert "西宁12345" in text and "西宁12345" not in str(first.composer.render("recall", "zh-CN", link="https://x/r/abc"))
