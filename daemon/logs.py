@@ -54,9 +54,27 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # third-party libraries (APScheduler, alembic) log through the standard library
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=stream,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    # third-party libraries (APScheduler, alembic, uvicorn) log through the standard library: their
+    # records go through structlog too, so every line has the same form (one JSON object under
+    # journald) and lines from two threads never interleave on one line
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_ToStructlog())
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+class _ToStructlog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            log = structlog.get_logger(record.name)
+            event = record.getMessage()
+            kw: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                kw["exc_info"] = record.exc_info
+            log.log(record.levelno, event, **kw)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
 def get_logger(name: str) -> Any:
