@@ -10,7 +10,6 @@ blindly dialed again (DESIGN invariant 4).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,7 +151,3 @@ class DialQueue:
                 dial_started_at=None, updated_at=now))
             conn.execute(t.callback_events.insert(), [_ev(callback_id, now, actor, "released", State.DIALING, back,
                                                           {"reason": why, "dial_ref": dial_ref})])
-
-
-def dump(detail: dict[str, Any]) -> str:
-    return json.dumps(detail, ensure_ascii=False, sort_keys=True)

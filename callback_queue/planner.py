@@ -161,12 +161,3 @@ def _datetime_binder(conn: Any) -> Any:
         return v.isoformat(" ", "microseconds")[:26]
 
     return bind
-
-
-def describe(report: PlanReport) -> dict[str, Any]:
-    return {"planned": report.planned, "moved": report.moved, "unplaced": report.unplaced,
-            "sla_breaches": len(report.new_breaches)}
-
-
-def dumps(x: Any) -> str:
-    return json.dumps(x, default=str)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from .windows import Window
 
@@ -82,11 +82,3 @@ def plan(items: Sequence[PlanItem], windows: Sequence[Window], now: datetime) ->
         due = max(chosen.start, earliest)
         placements.append(Placement(it.id, chosen, due, breach=due > it.sla_due_at))
     return Plan(placements, ordered_windows, load)
-
-
-def demand_per_day(opened: int, days: int) -> float:
-    return opened / days if days else 0.0
-
-
-def horizon(now: datetime, days: int) -> tuple[datetime, datetime]:
-    return now, now + timedelta(days=days)

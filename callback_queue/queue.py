@@ -297,7 +297,3 @@ class CallbackQueue:
 
 def _pre_claim_state(c: Callback) -> State:
     return State.PENDING if c.dial_attempts == 0 else State.RETRY_WAIT
-
-
-def event_detail(e: Event) -> str:
-    return json.dumps(e.detail, ensure_ascii=False, sort_keys=True)

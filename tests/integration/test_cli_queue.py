@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -327,22 +326,6 @@ def test_cli_releases_its_database_connections(config: Path, seeded: dict[str, i
 
 
 # -- db ------------------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    request.getfixturevalue("pg_database")  # makes sure the server is up
-    name = f"callbackd_empty_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_db_current_on_an_empty_database(tmp_path: Path, empty_url: str, invoke: Invoker) -> None:
