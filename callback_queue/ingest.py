@@ -234,7 +234,10 @@ class Ingestor:
         boundary: dict[str, int] = {}
         for number, closed in conn.execute(
             sa.select(cb.c.number, sa.func.max(cb.c.closed_at))
-            .where(cb.c.number.in_(numbers), cb.c.closed_at.is_not(None))
+            # a retraction ('reclassified') says the callback should never have been opened: it is
+            # stamped with the wall clock, and as a boundary it would hide the caller's later streaks
+            .where(cb.c.number.in_(numbers), cb.c.closed_at.is_not(None),
+                   sa.or_(cb.c.outcome.is_(None), cb.c.outcome != "reclassified"))
             .group_by(cb.c.number)
         ):
             if closed is not None:

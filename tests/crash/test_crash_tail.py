@@ -74,10 +74,9 @@ poll_interval = "0.1s"
     assert scalar(store_url, "SELECT COUNT(*) FROM dead_letters") == 0
 
 
-@pytest.mark.xfail(strict=True, reason="open bug (issue 8): with this seed, after kills and a rotation, a caller's "
-                   "two self-resolved episodes are missing from the database although their attempts are stored "
-                   "(in-process imports of the same traffic, in any batch split, give the right callbacks)")
-def test_known_bug_seed_125121623(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch):
+def test_seed_125121623_replays_clean(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch):
+    """The seed that found the retraction-boundary bug (a callback cancelled as 'reclassified' hid the
+    caller's later streaks; see test_model.py::test_a_retracted_callback_does_not_hide_the_callers_next_streak)."""
     monkeypatch.setenv("CALLBACKD_CRASH_SEED", "125121623")
     monkeypatch.setenv("CALLBACKD_CRASH_ITERATIONS", "4")
     test_sigkill_while_tailing_loses_nothing_and_doubles_nothing(tmp_path, store_url)

@@ -204,3 +204,31 @@ def test_an_earlier_connect_logged_late_retracts_the_callback(store_url: str):
         assert model_mismatches(exp, [dataclasses.replace(cb, dial_attempts=1)]) != []
     finally:
         store.dispose()
+
+
+def test_a_retracted_callback_does_not_hide_the_callers_next_streak(store_url: str):
+    """Found by crash seed 125121623: a retraction ('reclassified') is stamped with the wall clock, and
+    that stamp was taken as the caller's last closed callback, so every later failure of an imported
+    history (all older than 'now') was ignored and the next episodes were never opened."""
+    now = datetime(2026, 11, 27, 22, 0, tzinfo=UTC)
+    t = int(now.timestamp()) - 12 * 3600
+    store = Store(store_url)
+    try:
+        ing = Ingestor(store, FakeClock(now), RULES)
+        fails = [att(N1, t, call_id="f0"), att(N1, t + 300, call_id="f1"), att(N1, t + 1620, wait=19, call_id="f2")]
+        connect = att(N1, t + 1610, "connected", wait=95, call_id="ok")
+        later = [att(N1, t + 3600 + 100 * i, call_id=f"g{i}") for i in range(3)]
+        got_through = att(N1, t + 4000, "connected", wait=10, call_id="ok2")
+        ing.ingest(fails)
+        ing.ingest([connect])
+        ing.ingest(later)
+        ing.ingest([got_through])
+        exp = expected([*fails, connect, *later, got_through], RULES, int(now.timestamp()))
+        assert len(exp.episodes) == 1
+        assert model_mismatches(exp, read_callbacks(store_url)) == []
+        retracted, episode = read_callbacks(store_url)
+        # f2 started after the connect: it opens the next streak with g0 and g1
+        assert (retracted.outcome, episode.outcome, episode.episode_start_ts) == ("reclassified", "self-resolved",
+                                                                                  t + 1620)
+    finally:
+        store.dispose()

@@ -28,7 +28,7 @@ def iterations(default: int = 4) -> int:
 def seeded(test_name: str) -> tuple[random.Random, int, int]:
     """The test's random generator, its seed and the iteration count (both printed)."""
     # CI uses a fixed seed so a run is repeatable; CALLBACKD_CRASH_SEED=random (the full run) draws one.
-    # Seed 125121623 reproduces an open bug in the tail path (see test_crash_tail.py::test_known_bug_*).
+    # Seed 125121623 found the retraction-boundary bug; test_crash_tail.py replays it on every run.
     raw = os.environ.get("CALLBACKD_CRASH_SEED") or "20261127"
     seed = random.SystemRandom().randrange(2**31) if raw == "random" else int(raw)
     n = iterations()
