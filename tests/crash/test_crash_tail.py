@@ -8,6 +8,7 @@ attempt stored once, exactly the callbacks the model owes, the self-resolved one
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -35,10 +36,13 @@ path = "{qlog}"
 system = "pbx"
 poll_interval = "0.1s"
 """)
-    writer = Writer(qlog, lines, rng, seconds=max(3.0, 2.0 * n))
+    gate = threading.Event()  # rotate only once the daemon has a cursor on the first file
+    writer = Writer(qlog, lines, rng, seconds=max(3.0, 2.0 * n), rotate_gate=gate)
     writer.start()
     kills = 0
-    for i in range(n):
+    i = 0
+    while i < n or not gate.is_set():  # on a slow machine a kill can land before the daemon has started
+        assert i < n + 40, "the daemon stored nothing in 40 runs"
         proc = Proc(cfg, "run", tag=f"run{i}")
         rc = proc.kill_after(rng.uniform(0.8, 3.0))
         assert rc is None, f"the daemon exited on its own ({rc}): {proc.stderr()[-2000:]}"
@@ -49,6 +53,9 @@ poll_interval = "0.1s"
         now = int(time.time())
         problems = model_mismatches(expected([by_id[c] for c in stored], RULES, now), read_callbacks(store_url))
         assert problems == [], f"after kill {i}: {problems[:5]}"
+        if stored:
+            gate.set()
+        i += 1
     writer.join(timeout=120)
     assert writer.error is None, writer.error
     assert not writer.is_alive()

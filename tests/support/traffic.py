@@ -49,9 +49,13 @@ def queue_log_lines(seed: int, calls: int, *, start_ts: int, numbers: int = 40,
 class Writer(threading.Thread):
     """Appends the traffic in random pieces (cut anywhere, even mid-line) over about `seconds`."""
 
-    def __init__(self, path: Path, lines: list[str], rng: random.Random, seconds: float) -> None:
+    def __init__(self, path: Path, lines: list[str], rng: random.Random, seconds: float,
+                 rotate_gate: threading.Event | None = None) -> None:
         super().__init__(daemon=True)
         self.path, self.rng = path, rng
+        # the rotation waits for this: a daemon that never saw the first file has no cursor to follow
+        # it by, and reads only the new file on its first start (older files are `callbackd import`'s)
+        self.rotate_gate = rotate_gate
         self.data = ("\n".join(lines) + "\n").encode()
         self.rotate_at = self.data.index(b"\n", len(self.data) // 2) + 1  # rotate on a line boundary
         self.pieces = max(1, len(self.data) // 1500)
@@ -69,6 +73,8 @@ class Writer(threading.Thread):
                     f.write(self.data[pos:end])
                 pos = end
                 if pos == self.rotate_at and not rotated:
+                    if self.rotate_gate is not None and not self.rotate_gate.wait(timeout=600):
+                        raise TimeoutError("the rotation gate was never opened")
                     self.path.rename(self.path.with_name(self.path.name + ".1"))
                     rotated = True
                 time.sleep(self.rng.uniform(0, 2 * self.pause))
