@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from dataclasses import dataclass
@@ -81,8 +82,8 @@ class Callback:
 
     @classmethod
     def from_row(cls, row: Any) -> Callback:
-        m = row._mapping
-        values = {f: m[f] for f in cls.__slots__ if f in m}  # type: ignore[attr-defined]
+        # zip over the row's own fields: a page of the API's list builds 50 of these per request
+        values = {f: v for f, v in zip(row._fields, row, strict=True) if f in _CALLBACK_FIELD_SET}
         values["state"] = State(values["state"])
         if values.get("outcome_counts"):
             values["outcome_counts"] = json.loads(values["outcome_counts"])
@@ -91,17 +92,21 @@ class Callback:
     def as_json(self, *, show_number: bool = True) -> dict[str, Any]:
         from .numbers import mask
 
-        out: dict[str, Any] = {}
-        for f in self.__slots__:  # type: ignore[attr-defined]
-            v = getattr(self, f)
-            if isinstance(v, datetime):
-                v = v.isoformat().replace("+00:00", "Z")
-            elif isinstance(v, enum.Enum):
-                v = v.value
-            out[f] = v
+        out: dict[str, Any] = {f: getattr(self, f) for f in _CALLBACK_FIELDS}
+        for f in _CALLBACK_TIMES:
+            v = out[f]
+            if v is not None:
+                out[f] = v.isoformat().replace("+00:00", "Z")
+        out["state"] = self.state.value
         if not show_number:
             out["number"] = mask(self.number)
         return out
+
+
+#: Callback's fields in order, and those holding times (as_json writes them as ISO 8601 with a Z)
+_CALLBACK_FIELDS = tuple(f.name for f in dataclasses.fields(Callback))
+_CALLBACK_FIELD_SET = frozenset(_CALLBACK_FIELDS)
+_CALLBACK_TIMES = tuple(f.name for f in dataclasses.fields(Callback) if "datetime" in str(f.type))
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,20 +54,29 @@ class Normalizer:
         self._ignore_res = [re.compile(p) for p in rules.ignore_patterns]
         self._cache: dict[str, str | None] = {}
         self._shapes: dict[tuple[int, str], tuple[str, int] | None] = {}
+        #: the same rules as ("+<country code>", digits dropped), per length then first four digits:
+        #: the lookup an import makes for every caller (no tuple key to build and hash)
+        self._fast: dict[int, dict[str, tuple[str, int] | None]] = {}
+        self._max = rules.internal_max_digits
+        self._plain = not self._ignore and not self._ignore_res
 
     def normalize(self, raw: str | None) -> str | None:
         if raw is None:
             return None
-        if raw.isdigit() and raw.isascii() and raw not in self._ignore and not self._ignore_res:
+        if raw.isdigit() and raw.isascii() and (self._plain or (raw not in self._ignore and not self._ignore_res)):
             # the common case: a national number as the PBX logs it
             n = len(raw)
-            if n <= self.rules.internal_max_digits:
+            if n <= self._max:
                 return None
-            rule = self._shapes.get((n, raw[:4]), _MISS)
+            head = raw[:4]
+            rule = self._fast.get(n, _NO_SHAPES).get(head, _MISS)
             if rule is _MISS:
-                rule = self._rule(n, raw[:4])
+                learned = self._rule(n, head)
+                rule = None if learned is None else ("+" + learned[0], learned[1])
+                self._fast.setdefault(n, {})[head] = rule
             if rule is not None:
-                return f"+{rule[0]}{raw[rule[1]:]}"  # type: ignore[index]
+                prefix, drop = rule  # type: ignore[misc]
+                return prefix + raw[drop:] if drop else prefix + raw
         hit = self._cache.get(raw, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
@@ -153,6 +162,7 @@ class _Miss:
 
 
 _MISS = _Miss()
+_NO_SHAPES: dict[str, tuple[str, int] | None] = {}
 
 
 def mask(number: str | None) -> str:

@@ -7,21 +7,16 @@ a callback being dialed keeps its place.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
-from . import schema as t
 from .callbacks import OPEN_STATES, State
 from .clock import Clock
 from .planning import Plan, PlanItem, plan
 from .store import Store
 from .windows import ScheduleRules
 
-cb = t.callbacks
 _OPEN = tuple(s.value for s in OPEN_STATES)
 
 
@@ -58,106 +53,160 @@ class Planner:
             items, current = self._items(conn, now)
             result = plan(items, windows, now)
             updates: list[tuple[Any, ...]] = []
-            breaches: list[int] = []
             moved = unplaced = 0
             far = now + self.horizon
+            pending, scheduled = State.PENDING.value, State.SCHEDULED.value
+            breach_detail = _BreachDetail()
             for p in result.placements:
                 state, w_start, due, sla_due, breached_at = current[p.id]
-                if p.window is None:
+                w = p.window
+                if w is None:
                     unplaced += 1
-                    new = (State.PENDING.value if state == State.PENDING.value else state, None, None, far)
+                    new_state, ws, we, new_due = state, None, None, far
                 else:
-                    new_state = State.SCHEDULED.value if state == State.PENDING.value else state
-                    new = (new_state, p.window.start, p.window.end, p.due_at)
-                if (state, w_start, due) != (new[0], new[1], new[3]):
-                    if w_start is not None and w_start != new[1]:
-                        moved += 1
-                    breach_at = breached_at
-                    if p.breach and breached_at is None:
-                        breach_at = now
-                        breaches.append(p.id)
-                    updates.append((new[0], new[1], new[2], new[3], sla_due, breach_at, now, p.id, state))
-                elif p.breach and breached_at is None:
-                    breaches.append(p.id)
-                    updates.append((state, w_start, new[2], due, sla_due, now, now, p.id, state))
-            if updates:
-                _write_plan(conn, updates)
-            if breaches:
-                byid = {p.id: p for p in result.placements}
-                _write_breach_events(conn, now, [(cid, json.dumps({
-                    "sla_due_at": current[cid][3].isoformat() if current[cid][3] else None,
-                    "planned_at": byid[cid].due_at.isoformat() if byid[cid].due_at else None,
-                }, sort_keys=True)) for cid in breaches])
+                    new_state = scheduled if state == pending else state
+                    ws, we, new_due = w.start, w.end, p.due_at
+                detail = None
+                if p.breach and breached_at is None:
+                    breached_at = now
+                    detail = breach_detail(sla_due, p.due_at)
+                elif new_state == state and ws == w_start and new_due == due:
+                    continue            # unchanged: not written (a replan of the same plan writes nothing)
+                if w_start is not None and w_start != ws:
+                    moved += 1
+                updates.append((p.id, state, new_state, ws, we, new_due, sla_due, breached_at, detail))
+            breaches = _write_plan(conn, updates, now) if updates else []
         return PlanReport(len(result.placements) - unplaced, moved, unplaced, breaches, result)
 
     def _items(self, conn: Any, now: datetime) -> tuple[list[PlanItem], dict[int, tuple[Any, ...]]]:
-        rows = conn.execute(sa.select(
-            cb.c.id, cb.c.state, cb.c.priority, cb.c.failures, cb.c.triggered_at, cb.c.earliest_at,
-            cb.c.last_dial_at, cb.c.sla_due_at, cb.c.sla_breached_at, cb.c.window_start, cb.c.due_at,
-        ).where(cb.c.state.in_(_OPEN))).all()
         items: list[PlanItem] = []
         current: dict[int, tuple[Any, ...]] = {}
-        for r in rows:
-            sla_due = r.sla_due_at or (r.triggered_at + self.sla)
-            earliest = r.earliest_at or r.triggered_at
-            if r.last_dial_at is not None:
-                earliest = max(earliest, r.last_dial_at + self.min_spacing)
-            items.append(PlanItem(r.id, r.priority, r.failures, r.triggered_at, earliest, sla_due,
-                                  dialing=r.state == State.DIALING.value, window_start=r.window_start))
-            current[r.id] = (r.state, r.window_start, r.due_at, sla_due, r.sla_breached_at)
+        sla, spacing, dialing = self.sla, self.min_spacing, State.DIALING.value
+        for (cid, state, priority, failures, triggered, earliest_at, last_dial, sla_due, breached, w_start,
+             due) in _read_open(conn):
+            if sla_due is None:
+                sla_due = triggered + sla
+            earliest = earliest_at or triggered
+            if last_dial is not None and last_dial + spacing > earliest:
+                earliest = last_dial + spacing
+            items.append(PlanItem(cid, priority, failures, triggered, earliest, sla_due,
+                                  state == dialing, w_start))
+            current[cid] = (state, w_start, due, sla_due, breached)
         return items, current
 
 
-# The plan is written straight to the driver: SQLAlchemy's per-row parameter handling cost more
-# than the UPDATE itself. PostgreSQL gets one statement over arrays (unnest) instead of 100,000.
-def _write_plan(conn: Any, updates: list[tuple[Any, ...]]) -> None:
+_READ = ("SELECT id, state, priority, failures, triggered_at, earliest_at, last_dial_at, sla_due_at, sla_breached_at, "
+         "window_start, due_at FROM callbacks WHERE state IN (" + ", ".join(f"'{s}'" for s in sorted(_OPEN)) + ")")
+
+
+# The planner reads and writes straight through the driver: SQLAlchemy's per-row result and parameter
+# handling cost more than the statements themselves (bench/plan.py, 100,000 open callbacks).
+def _read_open(conn: Any) -> list[tuple[Any, ...]]:
+    """The open callbacks as plain tuples; times as aware UTC datetimes on both dialects."""
     if conn.dialect.name == "postgresql":
-        # COPY into a temporary table, then one UPDATE joined to it
+        # timestamptz values come back in the session's time zone: make that UTC for this transaction
+        conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+        with conn.connection.driver_connection.cursor(binary=True) as cur:
+            return cur.execute(_READ).fetchall()
+    cur = conn.connection.driver_connection.cursor()
+    rows = cur.execute(_READ).fetchall()
+    cur.close()
+    # SQLAlchemy's SQLite DATETIME text ("2026-03-02 04:00:00.000000"), always UTC in this schema; many rows
+    # share a time (window starts and ends, the planner's `now`), so each distinct text is parsed once
+    parsed: dict[str | None, datetime | None] = {None: None}
+
+    def parse(text: str | None) -> datetime | None:
+        try:
+            return parsed[text]
+        except KeyError:
+            v = parsed[text] = datetime.fromisoformat(text).replace(tzinfo=UTC)  # type: ignore[arg-type]
+            return v
+
+    return [(r[0], r[1], r[2], r[3], parse(r[4]), parse(r[5]), parse(r[6]), parse(r[7]), parse(r[8]), parse(r[9]),
+             parse(r[10])) for r in rows]
+
+
+class _BreachDetail:
+    """json.dumps({"planned_at": ..., "sla_due_at": ...}, sort_keys=True) in UTC, for many rows at a time:
+    planned times are mostly window starts, each formatted once (the first plan may flag 100,000 rows)."""
+
+    def __init__(self) -> None:
+        self._planned: dict[datetime | None, str] = {None: "null"}
+
+    def __call__(self, sla_due: datetime | None, planned: datetime | None) -> str:
+        pa = self._planned.get(planned)
+        if pa is None:
+            pa = self._planned[planned] = f'"{_iso_utc(planned)}"'    # type: ignore[arg-type]
+        sd = f'"{_iso_utc(sla_due)}"' if sla_due is not None else "null"
+        return f'{{"planned_at": {pa}, "sla_due_at": {sd}}}'
+
+
+def _iso_utc(v: datetime) -> str:
+    return (v if v.tzinfo is UTC else v.astimezone(UTC)).isoformat()
+
+
+# rows of `updates`: (id, state read, new state, window_start, window_end, due_at, sla_due_at, sla_breached_at,
+# the detail of a new sla-at-risk event or None)
+_PLAN_TYPES = ["int8", "text", "text", *["timestamptz"] * 5, "text"]
+
+
+def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> list[int]:
+    """Write the changed rows and their sla-at-risk events; returns the ids given an event.
+
+    A row is written only if its state is still the one read: a cancel, a close or a claim committed
+    meanwhile wins (PostgreSQL's read took no row locks; SQLite's write transaction held the lock
+    throughout), and the next replan sees it.
+    """
+    updates.sort()      # by id: the UPDATE then walks the table and its primary key in order
+    if conn.dialect.name == "postgresql":
+        # binary COPY into a temporary table (the text format formats every datetime in Python), then
+        # one statement: the UPDATE joined to it, and the events of the rows it actually updated
         conn.exec_driver_sql(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS plan_rows (state text, ws timestamptz, we timestamptz, "
-            "due timestamptz, sla timestamptz, breach timestamptz, now timestamptz, id bigint, old text) "
-            "ON COMMIT DELETE ROWS")
-        cur = conn.connection.driver_connection.cursor()
-        with cur.copy("COPY plan_rows (state, ws, we, due, sla, breach, now, id, old) FROM STDIN") as copy:
-            for u in updates:
-                copy.write_row(u)
-        conn.exec_driver_sql(
-            "UPDATE callbacks AS c SET state = u.state, window_start = u.ws, window_end = u.we, due_at = u.due, "
-            "sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = u.now FROM plan_rows AS u "
-            # only if nobody changed its state since it was read (a cancel, a close or a claim committed
-            # meanwhile wins; the next replan sees it): PostgreSQL's read above took no row locks
-            "WHERE c.id = u.id AND c.state = u.old")
-        return
+            "CREATE TEMPORARY TABLE IF NOT EXISTS plan_rows (id bigint, old text, state text, ws timestamptz, "
+            "we timestamptz, due timestamptz, sla timestamptz, breach timestamptz, detail text) ON COMMIT DELETE ROWS")
+        with conn.connection.driver_connection.cursor() as cur:
+            with cur.copy("COPY plan_rows (id, old, state, ws, we, due, sla, breach, detail) FROM STDIN "
+                          "(FORMAT BINARY)") as copy:
+                copy.set_types(_PLAN_TYPES)
+                for u in updates:
+                    copy.write_row(u)
+            cur.execute(
+                "WITH done AS (UPDATE callbacks AS c SET state = u.state, window_start = u.ws, window_end = u.we, "
+                "due_at = u.due, sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = %(now)s "
+                "FROM plan_rows AS u WHERE c.id = u.id AND c.state = u.old RETURNING c.id, u.detail) "
+                "INSERT INTO callback_events (callback_id, at, actor, event, detail) "
+                "SELECT id, %(now)s, 'planner', 'sla-at-risk', detail FROM done WHERE detail IS NOT NULL "
+                "RETURNING callback_id",
+                {"now": now})
+            return sorted(r[0] for r in cur.fetchall())
     dt = _datetime_binder(conn)
+    at = dt(now)
     conn.exec_driver_sql(
         "UPDATE callbacks SET state = ?, window_start = ?, window_end = ?, due_at = ?, sla_due_at = ?, "
         "sla_breached_at = ?, updated_at = ? WHERE id = ? AND state = ?",
-        [(u[0], dt(u[1]), dt(u[2]), dt(u[3]), dt(u[4]), dt(u[5]), dt(u[6]), u[7], u[8]) for u in updates])
-
-
-def _write_breach_events(conn: Any, now: datetime, rows: list[tuple[int, str]]) -> None:
-    if conn.dialect.name == "postgresql":
-        cur = conn.connection.driver_connection.cursor()
-        with cur.copy("COPY callback_events (callback_id, at, actor, event, detail) FROM STDIN") as copy:
-            for cid, detail in rows:
-                copy.write_row((cid, now, "planner", "sla-at-risk", detail))
-        return
-    at = _datetime_binder(conn)(now)
-    conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, detail) "
-                         "VALUES (?, ?, 'planner', 'sla-at-risk', ?)", [(cid, at, d) for cid, d in rows])
+        [(u[2], dt(u[3]), dt(u[4]), dt(u[5]), dt(u[6]), dt(u[7]), at, u[0], u[1]) for u in updates])
+    events = [(u[0], at, u[8]) for u in updates if u[8] is not None]
+    if events:
+        conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, detail) "
+                             "VALUES (?, ?, 'planner', 'sla-at-risk', ?)", events)
+    return [e[0] for e in events]
 
 
 def _datetime_binder(conn: Any) -> Any:
-    """How this dialect stores an aware UTC datetime (SQLite: SQLAlchemy's own string format)."""
+    """How this dialect stores an aware UTC datetime (SQLite: SQLAlchemy's own string format, each distinct
+    time formatted once: a plan's rows share their window's start and end)."""
     if conn.dialect.name != "sqlite":
         return lambda v: v
+    texts: dict[datetime | None, str | None] = {None: None}
 
     def bind(v: datetime | None) -> str | None:
-        if v is None:
-            return None
-        if v.tzinfo is not UTC:
-            v = v.astimezone(UTC)
-        # "2026-03-02 04:00:00.000000": SQLAlchemy's SQLite DATETIME format, made by C code
-        return v.isoformat(" ", "microseconds")[:26]
+        try:
+            return texts[v]
+        except KeyError:
+            assert v is not None
+            utc = v if v.tzinfo is UTC else v.astimezone(UTC)
+            # "2026-03-02 04:00:00.000000": SQLAlchemy's SQLite DATETIME format, made by C code
+            text = texts[v] = utc.isoformat(" ", "microseconds")[:26]
+            return text
 
     return bind

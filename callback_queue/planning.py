@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 
 from .windows import Window
 
@@ -52,33 +53,43 @@ class Plan:
 
 def plan(items: Sequence[PlanItem], windows: Sequence[Window], now: datetime) -> Plan:
     ordered_windows = [w for w in sorted(windows, key=lambda w: w.start) if w.end > now]
-    room = {w.start: w.capacity for w in ordered_windows}
-    load = dict.fromkeys(room, 0)
+    n = len(ordered_windows)
+    index = {w.start: i for i, w in enumerate(ordered_windows)}
+    room = [w.capacity for w in ordered_windows]
+    used = [0] * n
+    ends = [w.end for w in ordered_windows]
     placements: list[Placement] = []
     # calls already under way keep their window and use its room
+    todo: list[PlanItem] = []
     for it in items:
-        if it.dialing and it.window_start in room:
-            room[it.window_start] -= 1
-            load[it.window_start] += 1
-    todo = sorted((it for it in items if not it.dialing),
-                  key=lambda it: (-it.priority, -it.failures, it.triggered_at, it.id))
+        if it.dialing:
+            i = index.get(it.window_start)  # type: ignore[arg-type]
+            if i is not None:
+                room[i] -= 1
+                used[i] += 1
+        else:
+            todo.append(it)
+    # priority, then more failures, then longest waiting, then id: stable sorts from the last key to the
+    # first, with C-level keys (cheaper than one sort building a tuple key per item in Python)
+    todo.sort(key=attrgetter("id"))
+    todo.sort(key=attrgetter("triggered_at"))
+    todo.sort(key=attrgetter("failures"), reverse=True)
+    todo.sort(key=attrgetter("priority"), reverse=True)
     first_open = 0
     for it in todo:
-        earliest = max(it.earliest, now)
-        chosen: Window | None = None
+        earliest = now if now > it.earliest else it.earliest
         # windows that are full before this one never get room back: skip them for good
-        while first_open < len(ordered_windows) and room[ordered_windows[first_open].start] <= 0:
+        while first_open < n and room[first_open] <= 0:
             first_open += 1
-        for w in ordered_windows[first_open:]:
-            if w.end <= earliest or room[w.start] <= 0:
-                continue
-            chosen = w
-            break
-        if chosen is None:
-            placements.append(Placement(it.id, None, None, breach=True))
+        i = first_open
+        while i < n and (ends[i] <= earliest or room[i] <= 0):
+            i += 1
+        if i == n:
+            placements.append(Placement(it.id, None, None, True))
             continue
-        room[chosen.start] -= 1
-        load[chosen.start] += 1
-        due = max(chosen.start, earliest)
-        placements.append(Placement(it.id, chosen, due, breach=due > it.sla_due_at))
-    return Plan(placements, ordered_windows, load)
+        room[i] -= 1
+        used[i] += 1
+        chosen = ordered_windows[i]
+        due = earliest if earliest > chosen.start else chosen.start
+        placements.append(Placement(it.id, chosen, due, due > it.sla_due_at))
+    return Plan(placements, ordered_windows, {w.start: used[i] for i, w in enumerate(ordered_windows)})

@@ -30,6 +30,24 @@ cb = t.callbacks
 
 #: the default order: priority, then more failures first, then longest waiting
 ORDER = (cb.c.priority.desc(), cb.c.failures.desc(), cb.c.triggered_at.asc(), cb.c.id.asc())
+#: "now" in statements built once and run many times (the API's list and claim)
+_NOW = sa.bindparam("now", type_=cb.c.due_at.type)
+
+
+def _lit(*values: str) -> list[Any]:
+    """Constant states as SQL literals, not parameters: a prepared (generic) plan can then still use the
+    partial indexes whose predicates name them (ix_callbacks_due_order, ix_callbacks_lease_until)."""
+    return [sa.literal_column(f"'{v}'") for v in values]
+
+
+def _lease_ran_out(now: Any) -> Any:
+    """An operator's claim whose lease ran out (automatic dials are reconciled by the dispatcher instead)."""
+    return sa.and_(cb.c.state == _lit(State.DIALING.value)[0], cb.c.lease_until < now, cb.c.dialer.is_(None))
+
+
+def _pre_claim_sql(dial_attempts: Any) -> Any:
+    """SQL for `_pre_claim_state`: where a claim goes back to (or came from)."""
+    return sa.case((dial_attempts == 0, _lit(State.PENDING.value)[0]), else_=_lit(State.RETRY_WAIT.value)[0])
 
 
 def _order_key(c: Callback) -> tuple[Any, ...]:
@@ -64,53 +82,76 @@ class CallbackQueue:
         self.store = store
         self.clock = clock
         self.retry = retry or RetryPolicy()
+        #: statements built once per shape (building the due list's union costs more than running it)
+        self._statements: dict[tuple[Any, ...], Any] = {}
         #: with off-peak windows configured, only callbacks the planner put into a window that is
         #: open now can be claimed; without, anything due can
         self.planned = planned
         self.lease = lease
 
-    def due_clause(self, now: datetime) -> Any:
-        """SQL condition: claimable right now (shared by operator claims and dialers)."""
+    @property
+    def planned(self) -> bool:
+        return self._planned
+
+    @planned.setter
+    def planned(self, value: bool) -> None:  # a reload may switch it: the statements built so far are stale
+        self._planned = value
+        self._statements = {}
+
+    def due_clause(self, now: Any) -> Any:
+        """SQL condition: claimable right now (shared by operator claims and dialers). `now` is a datetime
+        or a bound parameter."""
         # never a number on the do-not-contact list (STOP / 退订 replies, operators)
         listed = sa.exists().where(t.do_not_contact.c.number == cb.c.number)
         if self.planned:
-            return sa.and_(cb.c.state.in_(_PLANNED), cb.c.due_at <= now, cb.c.window_end > now, ~listed)
-        return sa.and_(cb.c.state.in_(_CLAIMABLE), cb.c.due_at <= now, ~listed)
+            return sa.and_(cb.c.state.in_(_lit(*_PLANNED)), cb.c.due_at <= now, cb.c.window_end > now, ~listed)
+        return sa.and_(cb.c.state.in_(_lit(*_CLAIMABLE)), cb.c.due_at <= now, ~listed)
 
     # -- reading ------------------------------------------------------------------
     def list(self, *, states: list[str] | None = None, due: bool = False, limit: int | None = None,
              offset: int = 0, number: str | None = None, kind: str | None = None) -> list[Callback]:
+        shape = ("list", due, bool(kind), bool(states), bool(number), limit is not None, bool(offset))
+        q = self._statements.get(shape)
+        if q is None:
+            q = self._statements[shape] = self._list_statement(*shape[1:])
+        params: dict[str, Any] = {"kind": kind, "states": states, "number": number, "lim": limit, "off": offset,
+                                  "lim_off": (limit or 0) + offset}
+        if due:
+            params["now"] = self.clock.now()
+        with self.store.autocommit() as conn:  # one SELECT: no BEGIN/COMMIT round trips on PostgreSQL
+            rows = conn.execute(q, params).all()
+        return [Callback.from_row(r) for r in rows]
+
+    def _list_statement(self, due: bool, kind: bool, states: bool, number: bool, limited: bool,
+                        offset: bool) -> Any:
         filters = []
         if kind:
-            filters.append(cb.c.kind == kind)
+            filters.append(cb.c.kind == sa.bindparam("kind"))
         if states:
-            filters.append(cb.c.state.in_(states))
+            filters.append(cb.c.state.in_(sa.bindparam("states", expanding=True)))
         if number:
-            filters.append(cb.c.number == number)
+            filters.append(cb.c.number == sa.bindparam("number"))
         if not due:
             q = sa.select(cb).where(*filters).order_by(*ORDER)
         else:
-            now = self.clock.now()
             # two branches, each able to use its index in the queue's order (an OR of the two
             # conditions made the database sort every due row for each page)
-            branches = [self.due_clause(now),
+            branches = [self.due_clause(_NOW),
                         # an operator's claim whose lease ran out is handed out again by the next claim
-                        sa.and_(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.due_at <= now,
-                                cb.c.dialer.is_(None))]
+                        sa.and_(_lease_ran_out(_NOW), cb.c.due_at <= _NOW)]
             parts = []
             for cond in branches:
                 part = sa.select(cb).where(cond, *filters).order_by(*ORDER)
-                if limit is not None:
-                    part = part.limit(limit + offset)
+                if limited:
+                    part = part.limit(sa.bindparam("lim_off"))
                 parts.append(sa.select(part.subquery()))
             u = sa.union_all(*parts).subquery()
             q = sa.select(u).order_by(u.c.priority.desc(), u.c.failures.desc(), u.c.triggered_at.asc(), u.c.id.asc())
-        if limit is not None:
-            q = q.limit(limit)
+        if limited:
+            q = q.limit(sa.bindparam("lim"))
         if offset:
-            q = q.offset(offset)
-        with self.store.read() as conn:
-            return [Callback.from_row(r) for r in conn.execute(q)]
+            q = q.offset(sa.bindparam("off"))
+        return q
 
     def get(self, callback_id: int) -> CallbackDetail:
         with self.store.read() as conn:
@@ -148,11 +189,19 @@ class CallbackQueue:
             raise ValueError("count must be at least 1")
         now = self.clock.now()
         until = now + (lease or self.lease)
+        if not self.store.is_sqlite:
+            # two statements, each atomic on its own: the sweep, then one that picks (FOR UPDATE SKIP
+            # LOCKED), updates and writes the "claimed" events; no BEGIN/COMMIT round trips
+            detail = json.dumps({"lease_until": until.isoformat()}, sort_keys=True, ensure_ascii=False)
+            with self.store.autocommit() as conn:
+                self._sweep(conn, now)
+                rows = conn.execute(self._statement("claim", self._claim_statement),
+                                    {"now": now, "until": until, "operator": operator, "count": count,
+                                     "detail": detail}).all()
+            return sorted((Callback.from_row(r) for r in rows), key=_order_key)
         with self.store.write() as conn:
             self._sweep(conn, now)
             pick = sa.select(cb.c.id).where(self.due_clause(now)).order_by(*ORDER).limit(count)
-            if conn.dialect.name == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
             rows = conn.execute(
                 sa.update(cb)
                 .where(cb.c.id.in_(pick.scalar_subquery()))
@@ -260,12 +309,55 @@ class CallbackQueue:
             return self._sweep(conn, self.clock.now())
 
     # -- helpers ------------------------------------------------------------------
+    def _statement(self, name: str, build: Any) -> Any:
+        q = self._statements.get((name,))
+        if q is None:
+            q = self._statements[(name,)] = build()
+        return q
+
+    def _claim_statement(self) -> Any:
+        """PostgreSQL: the claim as one statement (data-modifying CTEs): pick, lease, events."""
+        ev = t.callback_events
+        pick = (sa.select(cb.c.id).where(self.due_clause(_NOW)).order_by(*ORDER).limit(sa.bindparam("count"))
+                .with_for_update(skip_locked=True).cte("pick"))
+        claimed = (sa.update(cb).where(cb.c.id == pick.c.id)
+                   .values(state=State.DIALING.value, claimed_by=sa.bindparam("operator"),
+                           lease_until=sa.bindparam("until", type_=cb.c.lease_until.type), updated_at=_NOW)
+                   .returning(*cb.c).cte("claimed"))
+        events = ev.insert().from_select(
+            ["callback_id", "at", "actor", "event", "from_state", "to_state", "detail"],
+            sa.select(claimed.c.id, claimed.c.updated_at, claimed.c.claimed_by, sa.literal_column("'claimed'"),
+                      _pre_claim_sql(claimed.c.dial_attempts), claimed.c.state,
+                      sa.cast(sa.bindparam("detail"), sa.Text))
+            .order_by(claimed.c.priority.desc(), claimed.c.failures.desc(), claimed.c.triggered_at, claimed.c.id)
+        ).cte("claim_events")
+        return sa.select(claimed).add_cte(events)
+
+    def _sweep_statement(self) -> Any:
+        """PostgreSQL: the sweep as one statement: expired claims back to the queue, with their events."""
+        ev = t.callback_events
+        expired = sa.select(cb.c.id, cb.c.claimed_by).where(_lease_ran_out(_NOW)).with_for_update().cte("expired")
+        swept = (sa.update(cb).where(cb.c.id == expired.c.id)
+                 .values(state=_pre_claim_sql(cb.c.dial_attempts), claimed_by=None, lease_until=None, updated_at=_NOW)
+                 .returning(cb.c.id, cb.c.state, cb.c.updated_at, expired.c.claimed_by.label("held_by"))
+                 .cte("swept"))
+        events = ev.insert().from_select(
+            ["callback_id", "at", "actor", "event", "from_state", "to_state", "detail"],
+            sa.select(swept.c.id, swept.c.updated_at, sa.literal_column("'sweeper'"),
+                      sa.literal_column("'lease-expired'"), sa.literal_column(f"'{State.DIALING.value}'"),
+                      swept.c.state, sa.cast(sa.func.jsonb_build_object("claimed_by", swept.c.held_by), sa.Text))
+            .order_by(swept.c.id)
+        ).cte("sweep_events")
+        return sa.select(swept.c.id).add_cte(events).order_by(swept.c.id)
+
     def _sweep(self, conn: Connection, now: datetime) -> list[int]:
         # only operators' claims: an automatic dial that outlived its lease is reconciled with
         # its dialer by the dispatcher, never simply handed out again
-        rows = conn.execute(
-            sa.select(cb).where(cb.c.state == State.DIALING.value, cb.c.lease_until < now, cb.c.dialer.is_(None))
-        ).all()
+        if conn.dialect.name == "postgresql":
+            # one statement, atomic on its own (also in autocommit); cheap when nothing ran out
+            # (ix_callbacks_lease_until)
+            return list(conn.execute(self._statement("sweep", self._sweep_statement), {"now": now}).scalars())
+        rows = conn.execute(sa.select(cb).where(_lease_ran_out(now))).all()
         expired = [Callback.from_row(r) for r in rows]
         swept = []
         for c in expired:

@@ -7,6 +7,7 @@ two writers queue on the busy timeout instead of failing on a lock upgrade.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from .errors import SchemaOutOfDate, StoreError
 
@@ -28,6 +29,8 @@ class Store:
     def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5) -> None:
         self.url = url
         self.dialect = sa.engine.make_url(url).get_backend_name()
+        #: the first line of the error that made the database unusable; None once a transaction succeeds
+        self.outage: str | None = None
         try:
             if self.dialect == "sqlite":
                 self.engine = _sqlite_engine(url, busy_timeout_ms)
@@ -58,11 +61,29 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """PostgreSQL: a connection in autocommit mode, for statements that are atomic on their own (one
+        SELECT; one claim or sweep statement): no BEGIN and COMMIT round trips. SQLite: a read transaction."""
+        if self.is_sqlite:
+            with self.read() as conn:
+                yield conn
+            return
+        with self._translate(), self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def _translate(self) -> Iterator[None]:
         try:
             yield
-        except OperationalError as exc:
+        except DBAPIError as exc:
+            # the server is gone, restarting or unreachable (or SQLite locked past the busy timeout): retryable.
+            # pool_pre_ping replaces dead pooled connections at checkout, so the next transaction reconnects.
+            if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                raise
+            self.outage = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
             raise StoreError(f"database error: {exc.orig}") from exc
+        else:
+            self.outage = None
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -88,10 +109,12 @@ class Store:
         return before, self.current_revision()
 
     def current_heads(self) -> set[str]:
-        from alembic.runtime.migration import MigrationContext
-
+        # what alembic's MigrationContext.get_current_heads() reads, without importing alembic and mako
+        # (about 2 MiB) into the daemon, which checks the schema once at start
         with self._translate(), self.engine.connect() as conn:
-            return set(MigrationContext.configure(conn).get_current_heads())
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return set()
+            return set(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
 
     def script_heads(self) -> set[str]:
         from alembic.script import ScriptDirectory
@@ -110,13 +133,43 @@ class Store:
 
     def require_current(self) -> None:
         """Refuse to run on a schema that is missing or out of date."""
-        current, head = self.current_heads(), self.script_heads()
+        current, head = self.current_heads(), declared_heads() or self.script_heads()
         if current != head:
             state = "empty" if not current else f"at revision {','.join(sorted(current))}"
             raise SchemaOutOfDate(
                 f"the database {redact_url(self.url)} is {state}, callbackd needs revision "
                 f"{','.join(sorted(head))}: run `callbackd db upgrade`"
             )
+
+
+def declared_heads() -> set[str]:
+    """The migrations' heads (revisions nothing revises or depends on) read from their files' literal
+    `revision`, `down_revision` and `depends_on`, without importing alembic and mako into the daemon;
+    empty when a file is beyond that (computed values, branch labels): ask alembic then."""
+    revisions: set[str] = set()
+    below: set[str] = set()
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        found: dict[str, object] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else (
+                node.target if isinstance(node, ast.AnnAssign) else None)
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision", "depends_on"):
+                try:
+                    found[target.id] = ast.literal_eval(node.value)  # type: ignore[union-attr, arg-type]
+                except ValueError:
+                    return set()
+        if "revision" not in found:
+            continue  # versions/__init__.py
+        if not isinstance(found["revision"], str):
+            return set()
+        revisions.add(found["revision"])
+        for key in ("down_revision", "depends_on"):
+            ids = found.get(key)
+            ids = (ids,) if isinstance(ids, str) else ids or ()
+            if not isinstance(ids, tuple | list) or not all(isinstance(x, str) for x in ids):
+                return set()
+            below.update(ids)
+    return revisions - below if below <= revisions else set()
 
 
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:

@@ -75,6 +75,9 @@ def csrf_ok(session_secret: str, given: str | None) -> bool:
 
 
 _USER_COLS = (t.users.c.id, t.users.c.name, t.users.c.role, t.users.c.created_at, t.users.c.disabled_at)
+#: bumped each time tokens stop working in this process (a user disabled): the API's short-lived cache of
+#: token lookups (daemon/http/auth.py) starts afresh when it changes
+revocations = 0
 
 
 class Users:
@@ -128,6 +131,8 @@ class Users:
             conn.execute(sa.update(t.api_tokens).where(t.api_tokens.c.user_id == user.id,
                                                        t.api_tokens.c.revoked_at.is_(None)).values(revoked_at=now))
             conn.execute(sa.delete(t.user_sessions).where(t.user_sessions.c.user_id == user.id))
+        global revocations
+        revocations += 1
         return self.get(name)
 
     def by_token(self, token: str) -> User | None:

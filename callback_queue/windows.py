@@ -84,17 +84,15 @@ class ScheduleRules:
     def _calendar(self):  # type: ignore[no-untyped-def]
         if not self.country:
             return None
-        import holidays
+        from .holiday_calendar import HolidayCalendar  # the holidays package, kept out of process
 
-        return holidays.country_holidays(self.country, subdiv=self.subdivision)
+        return HolidayCalendar(self.country, self.subdivision)
 
     def day_type(self, d: date) -> str:
         cal = self._calendar
         if cal is None:
             return "workday" if d.weekday() < 5 else "restday"
-        if d in cal:
-            return "holiday"
-        return "workday" if cal.is_working_day(d) else "restday"
+        return cal.day_type(d)
 
     def ranges_for(self, d: date) -> tuple[str, tuple[TimeRange, ...]]:
         kind = self.day_type(d)

@@ -175,6 +175,9 @@ class Daemon:
         self.http: Any = None
         self.queue = callback_queue(settings, self.store, self.clock)
         self.services: Any = None
+        self._outage: float | None = None  # since when jobs find the store unusable (monotonic)
+        self._outage_lock = threading.Lock()
+        self._overruns = _Overruns(self.log)
 
     def _build(self) -> None:
         from .http.app import Services
@@ -269,12 +272,18 @@ class Daemon:
         return run
 
     def _guard(self, job: _Job) -> Any:
+        from callback_queue.errors import StoreError
+
         def run() -> None:
+            self._overruns.begin(job.name)
             try:
                 job.fn()
             except Exception as exc:  # noqa: BLE001 - a job must never take the daemon down
-                msg = f"{type(exc).__name__}: {exc}"
                 job.failures += 1
+                if isinstance(exc, StoreError) and exc.retryable:
+                    self._store_down(job.name, exc)  # one line per outage, not one per job (or per tick)
+                    return
+                msg = f"{type(exc).__name__}: {exc}"
                 if msg != job.last_error:
                     self.log.error("job.failed", job=job.name, error=msg, failures=job.failures)
                     job.last_error = msg
@@ -282,8 +291,30 @@ class Daemon:
                 if job.last_error is not None:
                     self.log.info("job.recovered", job=job.name, after_failures=job.failures)
                 job.failures, job.last_error = 0, None
+            finally:
+                self._overruns.done(job.name)
+                if self._outage is not None and self.store.outage is None:
+                    self._store_up()
 
         return run
+
+    def _store_down(self, job: str, exc: Exception) -> None:
+        import time
+
+        with self._outage_lock:
+            if self._outage is not None:
+                return
+            self._outage = time.monotonic()
+        self.log.error("store.unavailable", error=self.store.outage or str(exc).splitlines()[0], job=job,
+                       note="jobs retry at their next tick; nothing is lost; the recovery is logged once")
+
+    def _store_up(self) -> None:
+        import time
+
+        with self._outage_lock:
+            since, self._outage = self._outage, None
+        if since is not None:
+            self.log.info("store.recovered", after_seconds=round(time.monotonic() - since, 1))
 
     def run(self) -> int:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -293,6 +324,10 @@ class Daemon:
         self._build()
         self.scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True,
                                                                          "misfire_grace_time": 30})
+        import logging
+
+        logging.getLogger("apscheduler.scheduler").addFilter(self._overruns)
+        logging.getLogger("psycopg").addFilter(_echo_of_raised_error)
         from .leader import Leadership
 
         self.leader = Leadership(self.store, lease=self.settings.daemon.leader_lease)
@@ -337,6 +372,8 @@ class Daemon:
             self.log.info("daemon.stopping")
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)
+            logging.getLogger("apscheduler.scheduler").removeFilter(self._overruns)
+            logging.getLogger("psycopg").removeFilter(_echo_of_raised_error)
             for comp in reversed(started):
                 try:
                     comp.stop()
@@ -395,9 +432,11 @@ class Daemon:
             if self.status_line != self._sent_status:
                 self.notifier.status(self.status_line)
                 self._sent_status = self.status_line
-        elif why != self._unhealthy:
+        elif _gist(why) != _gist(self._unhealthy):  # "no heartbeat for 16 s", "...17 s": one line, not one a second
             self.log.error("daemon.unhealthy", reason=why)
             self.notifier.status(f"unhealthy: {why}")
+        if ok and self._unhealthy is not None:
+            self.log.info("daemon.healthy", was=self._unhealthy)
         self._unhealthy = None if ok else why
 
     def reload(self) -> None:
@@ -409,8 +448,11 @@ class Daemon:
         origin = self.settings.origin
         try:
             new = load_settings(None if origin == "<defaults>" else origin)
+            for comp in self.components:  # refuse the whole new config before anything changes
+                if hasattr(comp, "check_reload"):
+                    comp.check_reload(new)
         except ConfigError as exc:
-            self.log.error("daemon.reload_failed", error=str(exc))
+            self.log.error("daemon.reload_failed", error=str(exc), kept=origin)
             return
         old, self.settings = self.settings, new
         self.queue.retry = retry_policy(new)
@@ -424,7 +466,10 @@ class Daemon:
             self._reload_sources(new)
         for comp in self.components:
             if hasattr(comp, "reload"):
-                comp.reload(new)
+                try:
+                    comp.reload(new)
+                except Exception:  # one component's failure must not take the daemon (or the others) down
+                    self.log.exception("daemon.reload_component_failed", component=type(comp).__name__)
         changed = sorted(k for k in new.model_fields if getattr(old, k) != getattr(new, k))
         self.log.info("daemon.reloaded", changed=changed)
 
@@ -468,6 +513,72 @@ class Daemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+class _Overruns:
+    """A filter for APScheduler's log, which warns at every tick a job is still running ("skipped: maximum
+    number of running instances reached"): a stalled database made that one line per job per tick. Now one
+    warning once a job has been running `WARN_AFTER` seconds past its tick, one info when all caught up."""
+
+    WARN_AFTER = 5.0
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.running: dict[str, float] = {}  # job -> when its current run started (monotonic)
+        self.late: set[str] = set()
+        self.skipped = 0
+        self.warned = False
+        self._lock = threading.Lock()
+
+    def begin(self, name: str) -> None:
+        import time
+
+        with self._lock:
+            self.running[name] = time.monotonic()
+
+    def filter(self, record: Any) -> bool:
+        import time
+
+        if "maximum number of running instances" not in str(record.msg):
+            return True
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        name = str(getattr(job, "id", job))
+        with self._lock:
+            self.skipped += 1
+            self.late.add(name)
+            busy = time.monotonic() - self.running.get(name, time.monotonic())
+            warn = not self.warned and busy >= self.WARN_AFTER
+            self.warned = self.warned or warn
+        if warn:
+            self.log.warning("jobs.overrun", job=name, running_s=round(busy, 1), note="still running at its next "
+                             "tick (a stalled database or link?); skipped ticks are counted, not logged one by one")
+        return False
+
+    def done(self, name: str) -> None:
+        with self._lock:
+            self.running.pop(name, None)
+            if name not in self.late:
+                return
+            self.late.discard(name)
+            if self.late:
+                return
+            skipped, warned = self.skipped, self.warned
+            self.skipped, self.warned = 0, False
+        if warned:
+            self.log.info("jobs.caught_up", skipped_ticks=skipped)
+
+
+def _gist(reason: str | None) -> str:
+    """A health reason without its figures."""
+    import re
+
+    return re.sub(r"\d+(\.\d+)?", "#", reason or "")
+
+
+def _echo_of_raised_error(record: Any) -> bool:
+    """psycopg warns "error ignored terminating <Pipeline>: the connection is lost" only while the error that
+    lost the connection is already being raised (and reported once, as store.unavailable): drop the echo."""
+    return not str(record.msg).startswith("error ignored terminating")
 
 
 def _now() -> Any:

@@ -160,7 +160,10 @@ def config_check(obj: Ctx, fmt: str) -> None:
     """Validate the configuration and print it with secrets redacted (exit 78 if invalid)."""
     import json
 
+    from .ami.source import check_reload as check_ami
+
     s = obj.settings
+    check_ami(s)  # what the daemon refuses at start and on reload (repeated PBX names, [dialer.ami])
     data = s.redacted()
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))

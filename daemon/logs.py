@@ -12,9 +12,20 @@ import re
 import sys
 from typing import Any
 
-import structlog
+# structlog picks up rich (and through it pygments) at import when it is installed, for pretty console
+# tracebacks: about 2 MiB the daemon never uses when it writes JSON to a pipe or journald. Off a terminal
+# rich is hidden from that one import (structlog falls back to plain tracebacks) and stays importable for
+# everything else (the CLI's tables).
+_HIDE_RICH = not ("structlog" in sys.modules or "rich" in sys.modules or sys.stderr is None or sys.stderr.isatty())
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
-from callback_queue.numbers import mask
+from callback_queue.numbers import mask  # noqa: E402
 
 _NUMBER_KEYS = frozenset({"number", "caller", "to", "from_", "citizen"})
 _E164 = re.compile(r"\+\d{7,15}")

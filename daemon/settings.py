@@ -271,6 +271,11 @@ class ConsoleSettings(_Section):
         description="reports: 'called back within SLA' for callbacks the planner gave no SLA due time",
     )
     metrics_cache: Duration = Field(default=timedelta(seconds=10), description="reuse a scrape's figures this long")
+    token_cache: Duration = Field(
+        default=timedelta(seconds=5),
+        description="API: reuse a bearer token's lookup this long (0s: look it up on every request); a user "
+        "disabled in another process (the CLI) loses access within this time, in the daemon's own at once",
+    )
 
 
 class SourcesSettings(_Section):

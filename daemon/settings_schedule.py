@@ -85,11 +85,9 @@ class ScheduleSettings(_Section):
     def _country(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        import holidays
+        from callback_queue.holiday_calendar import check_country  # the holidays package, kept out of process
 
-        if v.upper() not in holidays.list_supported_countries():
-            raise ValueError(f"the holidays package has no calendar for {v!r}")
-        return v.upper()
+        return check_country(v)
 
     @field_validator("closures")
     @classmethod

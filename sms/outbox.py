@@ -198,6 +198,9 @@ class SmsOutbox:
                                                           {"sms_id": row.id, "try": row.tries, "reason": reason,
                                                            "retry_at": (now + delay).isoformat()})])
         stats.retried += 1
+        if self.log:  # one line per refused try (a 429/503 burst is as many lines as refused requests)
+            self.log.warning("sms.retry", sms_id=row.id, callback_id=row.callback_id, attempt=row.tries,
+                             reason=reason, retry_in=round(delay.total_seconds(), 1))
 
     def _failed(self, sms_id: int, reason: str, stats: TickStats) -> None:
         now = self.clock.now()

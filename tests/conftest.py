@@ -19,11 +19,19 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 
 from callback_queue.clock import FakeClock
 from callback_queue.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests: "ci" (default) is the bounded fuzz run - hypothesis' 100 examples, no deadline (two
+# shared cores); CALLBACKD_FUZZ=full is the long run, 20x the examples. A test that sets max_examples
+# itself keeps its own count in both.
+hypothesis_settings.register_profile("ci", deadline=None)
+hypothesis_settings.register_profile("full", deadline=None, max_examples=2000)
+hypothesis_settings.load_profile("full" if os.environ.get("CALLBACKD_FUZZ") == "full" else "ci")
 PG_ADMIN = os.environ.get("CALLBACKD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

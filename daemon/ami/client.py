@@ -219,7 +219,9 @@ class AmiLink:
 
     Consumers subscribe to event names (lower case) with `subscribe`; sinks run in the reader
     thread and must be quick (append to a list). Several consumers (the source, the dialer)
-    share one link; `acquire`/`release` start it on first use and stop it after the last.
+    share one link; `acquire`/`release` start it on first use and stop it after the last (Logoff,
+    then close). A consumer that goes away takes its sinks with it (`unsubscribe`); new connection
+    settings (`reconfigure`, on reload) replace the connection but keep the subscribers.
     """
 
     def __init__(self, name: str, host: str, port: int, username: str, secret: str, *,
@@ -243,11 +245,14 @@ class AmiLink:
         self._subs: dict[str, list[EventSink]] = {}
         self._all: list[EventSink] = []
         self._state_sinks: list[Callable[[bool], None]] = []
+        self._bad_sinks: list[BadSink] = []
         self._lists: dict[str, list[dict[str, str]]] = {}
         self._list_done: dict[str, threading.Event] = {}
         self._client: _Client | None = None
         self._up = threading.Event()
         self._stop = threading.Event()
+        self._kick = threading.Event()   # cuts a backoff wait short (stop, new settings)
+        self._renew = threading.Event()  # new settings: replace the connection
         self._thread: threading.Thread | None = None
         self._users = 0
         self._lock = threading.Lock()
@@ -269,6 +274,46 @@ class AmiLink:
 
     def on_state(self, sink: Callable[[bool], None]) -> None:
         self._state_sinks.append(sink)
+
+    def unsubscribe(self, sink: Callable[..., None]) -> None:
+        """Remove every registration of `sink` (events, state, dead letters); unknown sinks are ignored."""
+        for name, sinks in list(self._subs.items()):
+            kept = [x for x in sinks if x != sink]
+            if kept:
+                self._subs[name] = kept
+            else:
+                del self._subs[name]
+        self._all = [x for x in self._all if x != sink]
+        self._state_sinks = [x for x in self._state_sinks if x != sink]
+        self._bad_sinks = [x for x in self._bad_sinks if x != sink]
+
+    def on_bad_packet(self, sink: BadSink) -> None:
+        """Also call sink(raw, why) for packets that cannot be used (after `on_bad`)."""
+        self._bad_sinks.append(sink)
+
+    @property
+    def users(self) -> int:
+        return self._users
+
+    def reconfigure(self, host: str, port: int, username: str, secret: str, *, socket_timeout: float,
+                    ping_interval: float, backoff_initial: float, backoff_max: float, events: str,
+                    filters: list[str]) -> None:
+        """New connection settings (reload): a live connection is logged off and replaced at once, a
+        backoff wait is cut short; subscribers stay, and the next connection uses the new values."""
+        with self._lock:
+            self.host, self.port = host, port
+            self._username, self._secret = username, secret
+            self.socket_timeout = socket_timeout
+            self.ping_interval = min(ping_interval, socket_timeout / 3)
+            self.backoff_initial = backoff_initial
+            self.backoff_max = max(backoff_max, backoff_initial)
+            self.events = events
+            self.filters = list(filters)
+            self._renew.set()
+            self._kick.set()
+        client = self._client
+        if client is not None and client.finished is not None and not client.finished.is_set():
+            self._logoff(client)
 
     @property
     def connected(self) -> bool:
@@ -294,19 +339,30 @@ class AmiLink:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        self._kick.clear()
         self._thread = threading.Thread(target=self._supervise, name=f"ami-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._kick.set()
         client = self._client
         if client is not None and client.finished is not None and not client.finished.is_set():
-            with contextlib.suppress(OSError):
-                client.send(Action("Logoff", {"ActionID": "callbackd-logoff"}))
-            client.disconnect()
+            self._logoff(client)
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+    @staticmethod
+    def _logoff(client: _Client) -> None:
+        with contextlib.suppress(OSError):
+            client.send(Action("Logoff", {"ActionID": "callbackd-logoff"}))
+        client.disconnect()
+
+    def _pause(self, delay: float) -> None:
+        """Wait before the next attempt; stop() and new settings cut the wait short."""
+        self._kick.wait(delay)
+        self._kick.clear()
 
     def backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter: failure n waits in [d/2, d], d = min(cap, initial*2^n)."""
@@ -316,28 +372,38 @@ class AmiLink:
     def _supervise(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            if self._renew.is_set():  # new settings: a fresh start, first retry at once
+                self._kick.clear()
+                self._renew.clear()
+                failures = 0
             self.attempt_times.append(time.monotonic())
             try:
                 client = self._connect()
             except LoginRefused as exc:
+                if self._renew.is_set():
+                    continue
                 self.login_failures += 1
                 delay = self.backoff(failures)
                 failures += 1
                 self.last_error = str(exc)
                 self.log.error("ami.login_refused", host=self.host, port=self.port, username=self._username,
                                error=str(exc), retry_in=round(delay, 2), attempt=failures)
-                self._stop.wait(delay)
+                self._pause(delay)
                 continue
             except (OSError, AmiError) as exc:
+                if self._renew.is_set() or self._stop.is_set():
+                    continue
                 delay = self.backoff(failures)
                 failures += 1
                 msg = f"{type(exc).__name__}: {exc}"
-                # first failure and every change at WARNING; a long outage does not flood the log
-                if msg != self.last_error or failures in (1, 10, 100) or failures % 1000 == 0:
+                # first failure and every change at WARNING; a long outage does not flood the log (a detail
+                # in parentheses, "(timed out)" or "(Connection reset by peer)", is no change of its own)
+                if (msg.split(" (", 1)[0] != (self.last_error or "").split(" (", 1)[0]
+                        or failures in (1, 10, 100) or failures % 1000 == 0):
                     self.log.warning("ami.connect_failed", host=self.host, port=self.port, error=msg,
                                      retry_in=round(delay, 2), attempt=failures)
                 self.last_error = msg
-                self._stop.wait(delay)
+                self._pause(delay)
                 continue
             failures = 0
             self.last_error = None
@@ -347,10 +413,18 @@ class AmiLink:
                           connection=self.connects)
             self._keepalive(client)
             self._set_up(False)
+            if self._renew.is_set() and not client.finished.is_set():
+                self._logoff(client)  # new settings came while this connection was being made
             client.disconnect()
-            if not self._stop.is_set():
+            if self._renew.is_set() and not self._stop.is_set():
+                self.log.info("ami.reconnecting", reason="new settings", host=self.host, port=self.port)
+            elif not self._stop.is_set():
                 err = client.error
-                self.log.warning("ami.disconnected", error=f"{type(err).__name__}: {err}" if err else "closed by peer")
+                # one line per drop; a silent peer (the reader's socket timeout, or the Ping's) is named as such
+                silent = isinstance(err, TimeoutError) or (isinstance(err, AmiNoReply) and "Ping" in str(err))
+                self.log.warning("ami.disconnected", error=(
+                    f"keep-alive Ping unanswered: nothing from the PBX for {self.socket_timeout:g} s" if silent
+                    else f"{type(err).__name__}: {err}" if err else "closed by peer"))
                 # the first retry comes at once (a dropped link is not a refused one); backoff after that
         self._client = None
 
@@ -408,7 +482,7 @@ class AmiLink:
     def _keepalive(self, client: _Client) -> None:
         """Ping a quiet link; return when it is gone (or on stop)."""
         finished = client.finished
-        while not self._stop.is_set() and not finished.is_set():
+        while not self._stop.is_set() and not finished.is_set() and not self._renew.is_set():
             quiet = time.monotonic() - client.last_recv
             if quiet < self.ping_interval:
                 finished.wait(self.ping_interval - quiet)
@@ -417,8 +491,7 @@ class AmiLink:
                 self._wait(client, Action("Ping", {"ActionID": self._next_id("ping")}), self.socket_timeout)
             except (OSError, AmiError) as exc:
                 if not finished.is_set():
-                    client.error = exc
-                    self.log.warning("ami.ping_failed", error=str(exc))
+                    client.error = exc  # logged once, as the reason of ami.disconnected
                 return
 
     # -- actions ----------------------------------------------------------------------------
@@ -462,10 +535,11 @@ class AmiLink:
 
     # -- reader-thread callbacks ------------------------------------------------------------
     def _bad(self, raw: bytes, why: str) -> None:
-        try:
-            self.on_bad(raw, why)
-        except Exception as exc:  # noqa: BLE001
-            self.log.error("ami.dead_letter_failed", error=str(exc))
+        for sink in (self.on_bad, *self._bad_sinks):
+            try:
+                sink(raw, why)
+            except Exception as exc:  # noqa: BLE001
+                self.log.error("ami.dead_letter_failed", error=str(exc))
 
     def _on_unknown(self, source: Any, pack: str) -> None:
         self._bad(pack.encode("utf-8", "replace") + b"\r\n\r\n", "unrecognised AMI packet (no 'Key: Value' first line)")

@@ -17,6 +17,10 @@ ended (CAPTURES "Outbound callbacks"):
 Pacing: `free_slots()` is 0 while the link is down; otherwise the cap on concurrent calls minus
 the calls under way, and, with `queue` set, the queue's free agents (QueueSummary `Available`
 minus callers already waiting, minus our calls still looking for an agent).
+
+Reload: new `[dialer.ami]` values apply to the next call (a call under way keeps the mode it was
+placed with). Another `pbx`: the dialer moves to that PBX's link; calls under way on the old one
+are left to the reconcile path, as after a restart (their lease runs out, `status()` asks).
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from ..app import Daemon
 from ..dispatch import DIALERS, DialError
 from ..logs import get_logger
 from .client import AmiError, AmiLink, AmiNoReply
+from .links import links_of
 from .settings import AmiDialerSettings, dialer_settings
-from .source import DIALER_EVENTS, link_for
+from .source import DIALER_EVENTS
 
 REASONS = {4: DialOutcome.REACHED, 3: DialOutcome.NO_ANSWER, 5: DialOutcome.BUSY, 8: DialOutcome.CONGESTION}
 DIAL_STATUS = {"ANSWER": DialOutcome.REACHED, "BUSY": DialOutcome.BUSY, "NOANSWER": DialOutcome.NO_ANSWER,
@@ -56,6 +61,7 @@ class _Call:
     req: DialRequest
     chan_id: str
     placed_at: float
+    mode: str = "agent-first"
     response: str | None = None          # OriginateResponse Response
     reason: int | None = None            # OriginateResponse Reason
     leg_status: str | None = None        # DialEnd of the originated leg (DestUniqueid = ours)
@@ -93,12 +99,34 @@ class AmiDialer:
 
     def stop(self) -> None:
         if self._started:
+            self.link.unsubscribe(self._on_event)
             self.link.release()
             self._started = False
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+    def reload(self, settings: AmiDialerSettings, link: AmiLink) -> None:
+        """New `[dialer.ami]` values; `link` is the PBX's link they name (maybe another one)."""
+        with self._lock:
+            self.s = settings
+        old = self.link
+        if link is old:
+            return
+        link.subscribe(DIALER_EVENTS, self._on_event)
+        if self._started:
+            link.acquire()
+        with self._lock:
+            self.link = link
+            left = sorted(self._calls)
+            self._calls.clear()
+            self._by_chan.clear()
+        old.unsubscribe(self._on_event)
+        if self._started:
+            old.release()
+        self.log = get_logger("callbackd.ami.dialer").bind(pbx=link.name)
+        self.log.info("ami.dialer_moved", from_pbx=old.name, calls_left_to_reconcile=left)
 
     def free_slots(self) -> int:
         if not self.link.connected:
@@ -123,7 +151,7 @@ class AmiDialer:
 
     def place(self, request: DialRequest) -> None:
         chan_id = channel_id(request.dial_ref)
-        call = _Call(request, chan_id, time.monotonic())
+        call = _Call(request, chan_id, time.monotonic(), self.s.mode)
         with self._lock:
             self._calls[request.dial_ref] = call
             self._by_chan[chan_id] = request.dial_ref
@@ -230,21 +258,21 @@ class AmiDialer:
         if name == "dialend":
             status = (k.get("dialstatus") or "").upper()
             if src == call.chan_id:          # our channel dialled someone: agent-first, the citizen
-                if self.s.mode == "agent-first":
+                if call.mode == "agent-first":
                     call.citizen_status = status
                     call.detail["dial_status"] = status
             elif dest == call.chan_id:       # the originated leg itself
                 call.leg_status = status
                 call.detail["leg_status"] = status
             self._decide(call, out)
-        elif name == "hangup" and src == call.chan_id and self.s.mode == "agent-first":
+        elif name == "hangup" and src == call.chan_id and call.mode == "agent-first":
             if call.response is not None and call.citizen_status is None:
                 call.detail["hangup_cause"] = k.get("cause")
                 self._finish(call, DialOutcome.FAILED, out, why="our channel hung up before the citizen's "
                                                                 "dial ended")
 
     def _decide(self, call: _Call, out: list[DialResult]) -> None:
-        if self.s.mode == "agent-first":
+        if call.mode == "agent-first":
             if call.citizen_status is not None:
                 self._finish(call, DIAL_STATUS.get(call.citizen_status, DialOutcome.FAILED), out)
             elif call.response is not None and call.response.lower() != "success":
@@ -272,7 +300,7 @@ class AmiDialer:
         ref = call.req.dial_ref
         if why:
             call.detail["why"] = why
-        call.detail.update(mode=self.s.mode, channel_id=call.chan_id)
+        call.detail.update(mode=call.mode, channel_id=call.chan_id)
         self._forget(ref, locked=True)
         self._done[ref] = outcome
         while len(self._done) > 10_000:
@@ -300,7 +328,7 @@ class AmiDialer:
     # -- helpers ----------------------------------------------------------------------------
     def _agent_engaged(self, call: _Call) -> bool:
         """Has this call already taken its agent (so QueueSummary counts it as busy)?"""
-        if self.s.mode == "agent-first":
+        if call.mode == "agent-first":
             return call.response is not None or call.leg_status is not None
         return call.leg_status == "ANSWER" or call.reason == 4
 
@@ -326,7 +354,10 @@ def build(daemon: Daemon) -> AmiDialer:
     """DIALERS["ami"]: validates [dialer.ami] now, so a bad value fails the start with a ConfigError."""
     s = daemon.settings
     ami = dialer_settings(s)
-    return AmiDialer(link_for(daemon, ami.pbx), ami, region=s.detect.default_region)
+    links = links_of(daemon)
+    dialer = AmiDialer(links.link(ami.pbx), ami, region=s.detect.default_region)
+    links.dialer = dialer  # the AMI component applies a reload's [dialer.ami] to it
+    return dialer
 
 
 DIALERS["ami"] = build

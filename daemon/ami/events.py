@@ -22,7 +22,6 @@ What the real Asterisk 22 captures teach (shared/asterisk/CAPTURES.md):
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 from callback_queue.attempts import Attempt, Origin, Outcome
@@ -43,6 +42,12 @@ _STATUS_REASON = {"TIMEOUT": "timeout", "LEAVEEMPTY": "exitempty", "LEAVEUNAVAIL
                   "WITHDRAW": "withdraw", "CONTINUE": "timeout"}
 _NO_NUMBER = frozenset({"", "<unknown>", "unknown", "<null>", "null", "anonymous"})
 MAX_LEGS = 100_000
+#: the latest time an event may carry (9999-12-31 23:59:59 UTC; the queue_log and CDR parsers' limit too)
+MAX_TS = 253_402_300_799
+#: hold times and waits are stored as 32-bit integers
+MAX_SECONDS = 2**31 - 1
+#: attempts.call_id's width
+MAX_CALL_ID = 128
 #: a decided-later abandon is settled with the fallback rule when nothing else came this long
 SETTLE_SECONDS = 30.0
 
@@ -76,21 +81,34 @@ class AmiReducer:
         self.queuestatus_seen = queuestatus_seen
         self.legs: dict[str, _Leg] = {}
         self.events = 0
+        #: the time of the last event fed (its Timestamp when usable, else when it was read)
+        self.last_ts: float | None = None
+        self._rejects: list[tuple[bytes, str]] = []
 
     # -- input ----------------------------------------------------------------------------
     def feed(self, name: str, keys: dict[str, str], ts: float) -> Attempt | None:
         """One event; `ts` is when it was read (its Timestamp header wins when present)."""
         self.events += 1
+        stamp = keys.get("timestamp")
+        when = _epoch(stamp) if stamp else ts
+        self.last_ts = ts if when is None else when
         if name not in RELEVANT:
             return None
         uid = keys.get("uniqueid")
         if not uid:
             return None
+        # values no attempt can hold are refused with a reason (the source stores a dead letter);
+        # the rest of the call is still read from the events that follow
+        if when is None:
+            return self._reject(name, keys, f"Timestamp {stamp!r} is not a time in epoch seconds (0-{MAX_TS})")
+        hold_raw = keys.get("holdtime")
+        if hold_raw is not None and hold_raw.strip() and _int(hold_raw) is None:
+            return self._reject(name, keys, f"HoldTime {hold_raw[:40]!r} is not a number of seconds "
+                                            f"(0-{MAX_SECONDS})")
+        if len(uid) > MAX_CALL_ID:
+            return self._reject(name, keys, f"Uniqueid of {len(uid)} characters (at most {MAX_CALL_ID})")
         read_at = ts
-        stamp = keys.get("timestamp")
-        if stamp:
-            with contextlib.suppress(ValueError):
-                ts = float(stamp)
+        ts = when
         t = int(ts)
         legs = self.legs
         leg = legs.get(uid)
@@ -175,6 +193,16 @@ class AmiReducer:
         """Every undecided abandon, decided now (on stop)."""
         return self.expire(float("inf"))
 
+    def take_rejects(self) -> list[tuple[bytes, str]]:
+        """Events refused since the last call: (the event as text, why) - dead letters for the source."""
+        out, self._rejects = self._rejects, []
+        return out
+
+    def _reject(self, name: str, keys: dict[str, str], why: str) -> None:
+        text = f"Event: {name}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in keys.items()) + "\r\n"
+        self._rejects.append((text.encode("utf-8", "replace"), why))
+        return None
+
     # -- helpers --------------------------------------------------------------------------
     def _join(self, keys: dict[str, str], t: int) -> _Leg:
         leg = _Leg(join_ts=t, queue=keys.get("queue") or None)
@@ -217,9 +245,20 @@ class AmiReducer:
 
 
 def _int(value: str | None) -> int | None:
+    """A count of seconds (0 to MAX_SECONDS, ASCII digits), else None."""
     if value is None:
         return None
+    v = value.strip()
+    if not (v.isascii() and v.isdigit()) or len(v) > 10:
+        return None
+    n = int(v)
+    return n if n <= MAX_SECONDS else None
+
+
+def _epoch(value: str) -> float | None:
+    """A Timestamp header (epoch seconds, e.g. 1795772422.123456) in 0..MAX_TS, else None."""
     try:
-        return int(value.strip())
+        t = float(value)
     except ValueError:
         return None
+    return t if 0 <= t <= MAX_TS else None   # NaN fails both comparisons

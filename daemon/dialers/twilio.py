@@ -10,6 +10,7 @@ the calls to that number since the dial started (a bounded list).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,15 @@ STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 class DialError(CallbackdError):
     """The call could not be placed."""
+
+
+class DialThrottled(DialError):
+    """Twilio refused to create the call for now (429/503): it was not placed and the callback is back in
+    the queue, with no attempt counted; the dialer takes no new calls until Retry-After has passed."""
+
+
+#: how long to hold new calls after a 429/503 that names no Retry-After (seconds)
+THROTTLE_PAUSE = 5.0
 
 
 def outcome_for(status: str, answered_by: str | None = None, *, amd: bool = False) -> DialOutcome | None:
@@ -70,6 +80,7 @@ class TwilioDialer:
         self._sink: OutcomeSink | None = None
         self._active: set[str] = set()
         self._lock = threading.Lock()
+        self._paused_until = 0.0  # monotonic: no new calls before this (Twilio said 429/503)
 
     # -- Dialer protocol ------------------------------------------------------------------
     def start(self, on_result: OutcomeSink) -> None:
@@ -79,6 +90,8 @@ class TwilioDialer:
         self._sink = None
 
     def free_slots(self) -> int:
+        if time.monotonic() < self._paused_until:
+            return 0
         with self._lock:
             return max(0, self.max_concurrent - len(self._active))
 
@@ -94,19 +107,40 @@ class TwilioDialer:
             kwargs["twiml"] = connect_twiml(self.agent_number or "", caller_id=self.from_number)
         if self.amd:
             kwargs["machine_detection"] = "Enable"
+        if time.monotonic() < self._paused_until:  # claimed in the same tick as a throttled call
+            self._give_back(request, "Twilio is throttling: not sent")
         try:
             call = self.client.calls.create(**kwargs)
         except Exception as exc:  # noqa: BLE001 - translated at the boundary
+            status = getattr(exc, "status", None)
+            if status in (429, 503):
+                from sms.senders.twilio import retry_after
+
+                wait = retry_after(self.client) or THROTTLE_PAUSE
+                self._paused_until = max(self._paused_until, time.monotonic() + wait)
+                self._give_back(request, f"Twilio {status}/{getattr(exc, 'code', '')}: {getattr(exc, 'msg', exc)}",
+                                wait)
             raise DialError(f"Twilio: the call could not be created: {exc}") from exc
         with self._lock:
             self._active.add(call.sid)
         self.dial_queue.set_ref(request.callback_id, request.dial_ref, call.sid)
 
+    def _give_back(self, request: DialRequest, why: str, wait: float | None = None) -> None:
+        """Not placed: the claim goes back to the queue (no attempt counted); raises DialThrottled."""
+        left = max(0.0, self._paused_until - time.monotonic()) if wait is None else wait
+        note = f"{why}; not placed, back in the queue; calls resume in {left:.1f} s"
+        self.dial_queue.give_back(request.callback_id, request.dial_ref, f"dialer:{self.kind}", note)
+        raise DialThrottled(note)
+
     def status(self, dial_ref: str, started_at: datetime) -> DialOutcome | None:
         try:
             if dial_ref.startswith("CA"):
                 call = self.client.calls(dial_ref).fetch()
-                return outcome_for(call.status, getattr(call, "answered_by", None), amd=self.amd)
+                outcome = outcome_for(call.status, getattr(call, "answered_by", None), amd=self.amd)
+                if outcome is not None:  # ended without its webhook reaching us: the slot is free again
+                    with self._lock:
+                        self._active.discard(dial_ref)
+                return outcome
             number = self._number_for(dial_ref)
             if number is None:
                 return DialOutcome.FAILED

@@ -9,17 +9,23 @@ without a list of exceptions. tests/integration/test_auth.py walks every /api an
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 import typing
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from callback_queue import users as _users
 from callback_queue.errors import (
     CallbackdError,
     InvalidTransition,
@@ -27,7 +33,7 @@ from callback_queue.errors import (
     NotFound,
     StoreError,
 )
-from callback_queue.users import Role, User, Users
+from callback_queue.users import Role, User, Users, digest
 
 from ..logs import get_logger
 from .app import Services
@@ -67,17 +73,70 @@ def users(services: Services) -> Users:
     return Users(services.store, services.clock)
 
 
+class TokenCache:
+    """Bearer tokens looked up lately -> their user, reused for `[console] token_cache` seconds: a client
+    that sends many requests costs one lookup (a pool checkout and a query) per period, not one per request.
+    Only valid tokens are kept, by digest; the time is monotonic (a cache, not a rule of the domain). A user
+    disabled in this process empties it at once (`callback_queue.users.revocations`)."""
+
+    def __init__(self, max_entries: int = 10_000, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.monotonic = monotonic
+        self._entries: dict[str, tuple[float, User]] = {}
+        self._revocations = _users.revocations
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> User | None:
+        with self._lock:
+            if self._revocations != _users.revocations:
+                self._entries.clear()
+                self._revocations = _users.revocations
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            if hit[0] <= self.monotonic():
+                del self._entries[key]
+                return None
+            return hit[1]
+
+    def put(self, key: str, user: User, ttl: float, revocations: int) -> None:
+        with self._lock:
+            if revocations != _users.revocations:
+                return  # a user was disabled while this lookup ran: it may be stale already
+            if len(self._entries) >= self.max_entries:
+                now = self.monotonic()
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[key] = (self.monotonic() + ttl, user)
+
+
+def token_cache(services: Services) -> TokenCache:
+    cache = services.extra.get("token_cache")
+    if cache is None:
+        cache = services.extra.setdefault("token_cache", TokenCache())
+    return cache  # type: ignore[no-any-return]
+
+
 def bearer_user(services: Services, request: Request) -> User:
     """The user a request's bearer token belongs to, or a 401."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
         raise unauthorized()
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise unauthorized("the Authorization header must be 'Bearer <token>'")
-    user = users(services).by_token(token.strip())
+    ttl = services.settings.console.token_cache.total_seconds()
+    cache, key = token_cache(services), digest(token)
+    user = cache.get(key) if ttl > 0 else None
     if user is None:
-        raise unauthorized("the token is not valid (unknown, revoked, or its user is disabled)")
+        seen = _users.revocations
+        user = users(services).by_token(token)
+        if user is None:
+            raise unauthorized("the token is not valid (unknown, revoked, or its user is disabled)")
+        if ttl > 0:
+            cache.put(key, user, ttl, seen)
     return user
 
 
@@ -152,6 +211,20 @@ def translate(exc: Exception) -> JSONResponse | None:
     return None
 
 
+def handler_limiter(services: Services) -> anyio.CapacityLimiter:
+    """How many API handlers run at once: as many as the store's pool keeps connections. More would
+    take connections beyond the pool, which are closed when given back and opened again for the next
+    request (a PostgreSQL backend started per request under load); the others wait their turn here."""
+    loop = asyncio.get_running_loop()  # a limiter belongs to one event loop (tests start several)
+    limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = services.extra.setdefault(
+        "handler_limiters", weakref.WeakKeyDictionary())
+    limiter = limiters.get(loop)
+    if limiter is None:
+        size = getattr(services.store.engine.pool, "size", None)
+        limiter = limiters.setdefault(loop, anyio.CapacityLimiter(max(2, size()) if callable(size) else 40))
+    return limiter
+
+
 def api_endpoint(handler: Callable[[Call], Any], *, role: Role, query: type[BaseModel] | None = None,
                  body: type[BaseModel] | None = None, status: int = 200) -> Callable[[Request], Any]:
     """Wrap a synchronous handler: authenticate, authorize, parse, run in a thread, answer JSON."""
@@ -171,7 +244,7 @@ def api_endpoint(handler: Callable[[Call], Any], *, role: Role, query: type[Base
                     call.body = parse_body(body, raw)
                 return handler(call)
 
-            result = await run_in_threadpool(run)
+            result = await anyio.to_thread.run_sync(run, limiter=handler_limiter(services))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             resp = translate(exc)
             if resp is None:

@@ -12,11 +12,11 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -36,12 +36,22 @@ from .api_schema import MAX_ID, ReportQuery
 from .app import ROUTE_PROVIDERS, Services
 from .auth import SESSION_COOKIE, HttpError, users
 
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 HERE = Path(__file__).parent
 LOGIN_CSRF_COOKIE = "callbackd_login_csrf"
 OUTCOMES = [("reached", "Reached"), ("no-answer", "No answer"), ("busy", "Busy"),
             ("wrong-number", "Wrong number"), ("declined", "Declined")]
-env = Environment(loader=FileSystemLoader(HERE / "templates" / "console"), autoescape=select_autoescape(),
-                  trim_blocks=True, lstrip_blocks=True)
+
+
+@cache
+def env() -> Environment:
+    """The templates, on the first page: Jinja2 (about 1.5 MiB) stays out of a daemon nobody browses."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(loader=FileSystemLoader(HERE / "templates" / "console"), autoescape=select_autoescape(),
+                       trim_blocks=True, lstrip_blocks=True)
 
 
 @dataclass
@@ -54,7 +64,7 @@ class Page:
 
     def render(self, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         tz = self.services.settings.tz
-        html = env.get_template(template).render(
+        html = env().get_template(template).render(
             user=self.user, csrf=csrf_token(self.session), tz=tz, local=lambda d: _local(d, tz),
             notice=self.request.query_params.get("notice"), error=self.request.query_params.get("error"),
             path=self.request.url.path, **ctx)
@@ -70,7 +80,7 @@ def _local(d: Any, tz: Any) -> str:
 
 
 def _plain(status: int, title: str, message: str) -> HTMLResponse:
-    return HTMLResponse(env.get_template("error.html").render(title=title, message=message, user=None),
+    return HTMLResponse(env().get_template("error.html").render(title=title, message=message, user=None),
                         status_code=status)
 
 
@@ -89,7 +99,9 @@ def page(handler: Callable[[Page], Response], role: Role = Role.OPERATOR) -> Cal
             return _plain(403, "Admins only", f"{user.name} is an operator; this page is for admins.")
         form = None
         if request.method == "POST":
-            form = await request.form()
+            # no form of ours takes files: max_files=0 refuses an upload (400) before it is spooled to a
+            # temporary file nobody would close
+            form = await request.form(max_files=0)
             given = form.get("csrf")
             if not csrf_ok(session, given if isinstance(given, str) else None):
                 return _plain(403, "Form expired", "The form's security token is missing or wrong: reload the "
@@ -107,8 +119,8 @@ def _back(url: str, **params: str) -> RedirectResponse:
 # -- login ----------------------------------------------------------------------------------------
 async def login_form(request: Request) -> Response:
     token = secrets.token_urlsafe(24)
-    html = env.get_template("login.html").render(user=None, csrf=token, next=_next(request.query_params.get("next")),
-                                                 error=request.query_params.get("error"))
+    html = env().get_template("login.html").render(user=None, csrf=token, next=_next(request.query_params.get("next")),
+                                                   error=request.query_params.get("error"))
     resp = HTMLResponse(html)
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/console/login",
                     secure=request.app.state.services.settings.console.secure_cookies)
@@ -117,7 +129,9 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     services: Services = request.app.state.services
-    form = await request.form()
+    # no form of ours takes files: max_files=0 refuses an upload (400) before it is spooled to a
+    # temporary file nobody would close
+    form = await request.form(max_files=0)
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = form.get("csrf")
     if not cookie or not isinstance(given, str) or not hmac.compare_digest(cookie, given):

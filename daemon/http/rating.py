@@ -7,9 +7,9 @@ GET /r/{token}/thanks   the thank-you page
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -19,6 +19,9 @@ from sms.ratings import Outcome, Rating, Ratings
 from sms.tokens import LinkState
 
 from .app import ROUTE_PROVIDERS, Services
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 LANGS = ("zh-CN", "en")
 TEXTS: dict[str, dict[str, Any]] = {
@@ -57,7 +60,15 @@ TEXTS: dict[str, dict[str, Any]] = {
                                                      "whole link from the SMS was opened.",
     },
 }
-_env = Environment(loader=PackageLoader("daemon.http", "templates"), autoescape=select_autoescape(["html"]))
+
+
+@cache
+def _env() -> Environment:
+    """The templates, on the first rating page: Jinja2 (about 1.5 MiB) is loaded only when needed."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("daemon.http", "templates"), autoescape=select_autoescape(["html"]))
+
 #: the token is in the URL: no caching, no referrer, no indexing; no scripts at all
 HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex",
            "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -85,7 +96,7 @@ class RatingPages:
         days = max(1, round(self.services.settings.rating.link_ttl.total_seconds() / 86400))
         t = {k: (v.format(hotline=hotline, days=days) if isinstance(v, str) else v) for k, v in TEXTS[lang].items()}
         other = "en" if lang == "zh-CN" else "zh-CN"
-        html = _env.get_template(template).render(
+        html = _env().get_template(template).render(
             t=t, lang=lang, hotline=hotline, other_lang=other, action=f"/r/{token}",
             other_lang_url=f"/r/{token}?lang={other}" if ctx.get("page", "form") == "form" else None, **ctx)
         return HTMLResponse(html, status_code=status, headers=HEADERS)
@@ -115,7 +126,9 @@ class RatingPages:
 
     async def submit(self, request: Request) -> Response:
         token = request.path_params["token"]
-        form = await request.form()
+        # no form of ours takes files: max_files=0 refuses an upload (400) before it is spooled to a
+        # temporary file nobody would close
+        form = await request.form(max_files=0)
         lang = _lang(str(form.get("lang") or request.query_params.get("lang") or ""))
         rating = Rating(resolved=str(form.get("resolved") or ""), satisfaction=str(form.get("satisfaction") or ""),
                         comment=str(form.get("comment") or "")[:2000] or None, lang=lang)

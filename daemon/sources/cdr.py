@@ -75,6 +75,11 @@ _CUSTOM_BASE = (
 )
 
 
+#: what an attempt can hold: waits in 32 bits, call ids of 128 characters
+MAX_SECONDS = 2**31 - 1
+MAX_CALL_ID = 128
+
+
 def _index(names: tuple[str, ...]) -> dict[str, int]:
     return {name: i for i, name in enumerate(names)}
 
@@ -209,6 +214,8 @@ class CdrParser:
             outcome, reason = Outcome.FAILED, _FAILED_REASON[disposition]
 
         call_id = get("uniqueid") or "cdr-" + hashlib.sha1(line.rstrip(b"\r\n")).hexdigest()[:24]
+        if len(call_id) > MAX_CALL_ID:
+            raise _Bad(f"CDR uniqueid of {len(call_id)} characters (at most {MAX_CALL_ID})")
         return Attempt(
             system=self.system,
             call_id=call_id,
@@ -309,9 +316,9 @@ def _clid_number(clid: str) -> str | None:
 def _int(name: str, value: str) -> int | None:
     if not value:
         return None
-    if value.isascii() and value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) <= 10 and int(value) <= MAX_SECONDS:
         return int(value)
-    raise _Bad(f"CDR {name} {_show(value)} is not a whole number of seconds")
+    raise _Bad(f"CDR {name} {_show(value)} is not a whole number of seconds (0 to {MAX_SECONDS})")
 
 
 def _show(value: str) -> str:

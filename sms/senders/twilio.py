@@ -67,7 +67,7 @@ def translate(exc: Exception, client: Any = None) -> Exception:
         if detail:
             reason += f" ({detail})"
         if exc.status == 429 or exc.status >= 500:
-            return TransientSendError(reason)
+            return TransientSendError(reason, retry_after=retry_after(client))
         return PermanentSendError(reason)
     if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.SSLError):
         return TransientSendError(f"Twilio: cannot connect: {exc}")
@@ -76,6 +76,25 @@ def translate(exc: Exception, client: Any = None) -> Exception:
     if isinstance(exc, TwilioException):
         return PermanentSendError(f"Twilio: {exc}")
     return SendOutcomeUnknown(f"Twilio: {type(exc).__name__}: {exc}")
+
+
+def retry_after(client: Any) -> float | None:
+    """Seconds the provider asked us to wait (the failed response's Retry-After: seconds or an HTTP date)."""
+    resp = getattr(getattr(client, "http_client", None), "_test_only_last_response", None)
+    value = (getattr(resp, "headers", None) or {}).get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
 
 
 def _response_detail(client: Any) -> str:

@@ -275,6 +275,12 @@ def test_config_check_rejects_bad_values_with_exit_78(run, tmp_path: Path, store
     r = run("callbacks", "list", cfg=bad)
     assert r.exit_code == 78 and "detect.threshold" in r.stderr
 
+    # what only the daemon's start and reload used to refuse: a PBX name given twice
+    pbx = '\n[[sources.ami]]\nname = "pbx1"\nhost = "127.0.0.1"\nusername = "u"\nsecret = "s"\n'
+    twice = _write_config(tmp_path / "twice.toml", store_url, pbx + pbx.replace("127.0.0.1", "127.0.0.2"))
+    r = run("config", "check", cfg=twice)
+    assert r.exit_code == 78 and "sources.ami.name" in r.stderr and "pbx1" in r.stderr
+
     good = _ok(run("config", "check", "--format", "json"))
     data = json.loads(good.stdout)
     assert data["detect"]["threshold"] == 3
