@@ -10,60 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from callback_queue import schema as t
-from callback_queue.ingest import _ev
-from callback_queue.store import Store
 from tests.support.crash import Proc, seeded, wait_for, write_config
 from tests.support.dbcheck import TRANSIENT, read_callbacks, scalar
+from tests.support.unreachable import Feeder
 
 BATCH = 6  # unreachable callbacks added every 0.1 s while the daemon is being killed
-
-
-def _unreachable(store: Store, numbers: list[str]) -> dict[int, str]:
-    now = datetime.now(UTC)
-    out: dict[int, str] = {}
-    with store.write() as conn:
-        for number in numbers:
-            cid = conn.execute(t.callbacks.insert().values(
-                kind="recall", number=number, state="unreachable", failures=3,
-                episode_start=now - timedelta(hours=3), triggered_at=now - timedelta(hours=2),
-                last_failed_at=now - timedelta(hours=2), due_at=now - timedelta(hours=1), dial_attempts=3,
-                created_at=now, updated_at=now, closed_at=now, outcome="no-answer",
-                close_reason="3 calls without reaching the citizen").returning(t.callbacks.c.id)).scalar_one()
-            conn.execute(t.callback_events.insert(),
-                         [_ev(cid, now, "test", "closed", "dialing", "unreachable", {})])
-            out[int(cid)] = number
-    return out
-
-
-class Feeder(threading.Thread):
-    """Closes callbacks as unreachable all along, so kills land while messages are going out."""
-
-    def __init__(self, store_url: str, rng: random.Random) -> None:
-        super().__init__(daemon=True)
-        self.store_url, self.rng = store_url, rng
-        self.callbacks: dict[int, str] = {}
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        store = Store(self.store_url)
-        try:
-            while not self.halt.is_set():
-                numbers = [f"+861{self.rng.choice('3456789')}{self.rng.randrange(10**9):09d}" for _ in range(BATCH)]
-                numbers = [x for x in dict.fromkeys(numbers) if x not in self.callbacks.values()]
-                self.callbacks.update(_unreachable(store, numbers))
-                self.halt.wait(0.1)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            store.dispose()
 
 
 def _stuck(store_url: str) -> list[object]:
@@ -85,7 +40,8 @@ def _sent(path: Path) -> list[dict[str, object]]:
 
 def test_sigkill_while_sending_sms_sends_each_one_once(tmp_path: Path, store_url: str):
     rng, seed, n = seeded("crash/sms")
-    feeder = Feeder(store_url, random.Random(rng.random()))
+    feeder = Feeder(store_url, random.Random(rng.random()),
+                    lambda r: f"+861{r.choice('3456789')}{r.randrange(10**9):09d}", batch=BATCH, pause=0.1)
     feeder.start()
     outbox = tmp_path / "sms-outbox.jsonl"
     cfg = write_config(tmp_path, store_url, f"""

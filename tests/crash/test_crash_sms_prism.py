@@ -26,22 +26,18 @@ After the kills and a clean final run: every callback has exactly one accepted P
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from callback_queue import schema as t
-from callback_queue.ingest import _ev
-from callback_queue.store import Store
 from tests.support.crash import Proc, seeded, wait_for, write_config
 from tests.support.dbcheck import TRANSIENT, read_callbacks, scalar
 from tests.support.recording_proxy import RecordingTwilioFront, prism, read_log
+from tests.support.unreachable import Feeder
 
 ACCOUNT = "AC" + "0" * 32
 BATCH = 1  # unreachable callbacks added every 0.25 s while the daemon is being killed
@@ -51,47 +47,6 @@ BATCH = 1  # unreachable callbacks added every 0.25 s while the daemon is being 
 def prism_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with prism(tmp_path_factory.mktemp("prism")) as url:
         yield url
-
-
-def _unreachable(store: Store, numbers: list[str]) -> dict[int, str]:
-    now = datetime.now(UTC)
-    out: dict[int, str] = {}
-    with store.write() as conn:
-        for number in numbers:
-            cid = conn.execute(t.callbacks.insert().values(
-                kind="recall", number=number, state="unreachable", failures=3,
-                episode_start=now - timedelta(hours=3), triggered_at=now - timedelta(hours=2),
-                last_failed_at=now - timedelta(hours=2), due_at=now - timedelta(hours=1), dial_attempts=3,
-                created_at=now, updated_at=now, closed_at=now, outcome="no-answer",
-                close_reason="3 calls without reaching the citizen").returning(t.callbacks.c.id)).scalar_one()
-            conn.execute(t.callback_events.insert(),
-                         [_ev(cid, now, "test", "closed", "dialing", "unreachable", {})])
-            out[int(cid)] = number
-    return out
-
-
-class Feeder(threading.Thread):
-    """Closes callbacks as unreachable every 0.25 s, so kills land while messages are going out."""
-
-    def __init__(self, store_url: str, rng: random.Random) -> None:
-        super().__init__(daemon=True)
-        self.store_url, self.rng = store_url, rng
-        self.callbacks: dict[int, str] = {}
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        store = Store(self.store_url)
-        try:
-            while not self.halt.is_set():
-                numbers = [f"+1202555{self.rng.randrange(10**4):04d}" for _ in range(BATCH)]
-                numbers = [x for x in dict.fromkeys(numbers) if x not in self.callbacks.values()]
-                self.callbacks.update(_unreachable(store, numbers))
-                self.halt.wait(0.25)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            store.dispose()
 
 
 def _rows(store_url: str) -> list[sa.Row]:
@@ -114,7 +69,7 @@ def test_sigkill_while_sending_through_twilio_sends_each_sms_once(tmp_path: Path
     provider_log = tmp_path / "provider-accepted.jsonl"
     front_rng = random.Random(rng.random())
     with RecordingTwilioFront(prism_url, provider_log, rng=front_rng, hold=(0.1, 0.5), p_hold=0.4, p_cut=0.1,
-                              p_unavailable=0.1) as front:
+                              p_unavailable=0.1, first=("503", "cut")) as front:
         cfg = write_config(tmp_path, store_url, f"""
 [sms]
 poll_interval = "0.05s"
@@ -130,7 +85,8 @@ from_number = "+15017122661"
 api_base_url = "{front.url}"
 timeout = "5s"
 """)
-        feeder = Feeder(store_url, random.Random(rng.random()))
+        feeder = Feeder(store_url, random.Random(rng.random()), lambda r: f"+1202555{r.randrange(10**4):04d}",
+                        batch=BATCH, pause=0.25)
         feeder.start()
         progress: list[int] = []
         for i in range(n):

@@ -98,8 +98,11 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 class RecordingTwilioFront:
     def __init__(self, upstream: str, log_path: Path, *, rng: random.Random | None = None,
                  hold: tuple[float, float] = (0.0, 0.0), p_hold: float = 1.0, p_cut: float = 0.0,
-                 p_unavailable: float = 0.0) -> None:
+                 p_unavailable: float = 0.0, first: tuple[str, ...] = ()) -> None:
         self.upstream = urlsplit(upstream)
+        #: faults dealt to the first message POSTs in order ("503", "cut", "ok"), before the drawn ones:
+        #: every run exercises each fault however its timing falls
+        self.first = list(first)
         self.log_path = log_path
         self.rng = rng or random.Random(0)
         self.hold, self.p_hold, self.p_cut, self.p_unavailable = hold, p_hold, p_cut, p_unavailable
@@ -150,6 +153,9 @@ class RecordingTwilioFront:
                 unavailable = method == "POST" and is_messages and self.rng.random() < self.p_unavailable
                 cut = self.rng.random() < self.p_cut
                 hold = self.rng.uniform(*self.hold) if self.rng.random() < self.p_hold else 0.0
+                if method == "POST" and is_messages and self.first:
+                    scripted = self.first.pop(0)
+                    unavailable, cut = scripted == "503", scripted == "cut"
             if unavailable:
                 headers["Prefer"] = "code=503"
             status, reply_headers, data = self._forward(method, h.path, headers, body)
