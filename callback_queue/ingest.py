@@ -7,8 +7,10 @@ either all of a batch or none of it, and a re-read changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -73,6 +75,7 @@ _TAKE = """(excluded.rank > attempts.rank OR (excluded.rank = attempts.rank AND 
 COLUMNS = ("system", "call_id", "caller", "number", "started_ts", "ended_ts", "outcome", "reason",
            "wait_seconds", "queue", "origin", "rank")
 _NUMBER, _STARTED, _ENDED = 3, 4, 5
+_SYSTEM, _CALL_ID, _NUMBER_OF, _STARTED_OF, _ENDED_OF = map(operator.itemgetter, (0, 1, _NUMBER, _STARTED, _ENDED))
 #: the upsert as driver SQL, per DBAPI paramstyle: executemany straight on the driver
 #: (SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself)
 UPSERT_SQL = {
@@ -81,18 +84,28 @@ UPSERT_SQL = {
 }
 
 
-def attempt_row(a: Attempt) -> tuple[Any, ...]:
-    """Plain values for any driver (PostgreSQL enforces the column widths)."""
-    caller, queue = a.caller, a.queue
-    return (a.system, a.call_id, caller[:80] if caller else caller, a.number, a.started_ts, a.ended_ts,
-            a.outcome.value, a.reason, a.wait_seconds, queue[:80] if queue else queue, a.origin.value,
-            a.origin.rank)
+#: plain INSERT for keys known to be new (checked in the same write transaction): no conflict machinery
+INSERT_SQL = ("INSERT INTO attempts (" + ", ".join(COLUMNS) + ") VALUES (" + ", ".join(["?"] * len(COLUMNS))
+              + ")")
+_TEXT = {**{o: o.value for o in Outcome}, **{o: o.value for o in Origin}}
+_RANK = {o: o.rank for o in Origin}
+#: a batch this large (SQLite) checks which of its keys exist with one range query on the unique index,
+#: INSERTs the new ones plainly and upserts only the rest
+FRESH_MIN = 256
 
 
-def _sqlite_row(a: Attempt) -> tuple[Any, ...]:
-    # sqlite3 binds the StrEnum members as their text; SQLite does not enforce widths.
-    # (Origin.rank hashes the enum member in Python: an identity test is ten times cheaper)
-    return (*a, 1 if a[10] is Origin.CDR else 2)
+def plain_row(a: Attempt) -> tuple[Any, ...]:
+    """An attempt as a row in COLUMNS order with plain values. (sqlite3 binds a str subclass such as
+    the StrEnum members through its adapter lookup: about 1 µs a row more than a plain str.)"""
+    o = a[10]
+    return (a[0], a[1], a[2], a[3], a[4], a[5], _TEXT[a[6]], a[7], a[8], a[9], _TEXT[o], _RANK[o])
+
+
+def _fit(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    caller, queue = row[2], row[9]
+    if (caller and len(caller) > 80) or (queue and len(queue) > 80):
+        return (*row[:2], caller[:80] if caller else caller, *row[3:9], queue[:80] if queue else queue, *row[10:])
+    return row
 
 
 def merge_rows(old_row: tuple[Any, ...], new_row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -160,33 +173,73 @@ class Ingestor:
         dead: Sequence[DeadLetter] = (),
         cursor: CursorWrite | None = None,
     ) -> IngestResult:
+        return self.ingest_rows([plain_row(a) for a in attempts], dead, cursor)
+
+    def ingest_rows(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        dead: Sequence[DeadLetter] = (),
+        cursor: CursorWrite | None = None,
+    ) -> IngestResult:
+        """`ingest` for attempts already in row form (`plain_row`; QueueLogParser.feed_rows)."""
         result = IngestResult()
         now = self.clock.now()
-        rows: dict[tuple[str, str], tuple[Any, ...]] = {}
-        to_row = _sqlite_row if self.store.is_sqlite else attempt_row
-        for a in attempts:
-            r = to_row(a)
-            key = (a[0], a[1])
-            prior = rows.get(key)
-            rows[key] = r if prior is None else merge_rows(prior, r)
+        batch = _merged(rows if self.store.is_sqlite else [_fit(r) for r in rows])
         with self.store.write() as conn:
-            if rows:
-                conn.exec_driver_sql(UPSERT_SQL[conn.dialect.paramstyle], list(rows.values()))
-                result.attempts = len(rows)
+            if batch:
+                self._store_rows(conn, batch)
+                result.attempts = len(batch)
             if dead:
                 result.dead_letters = self._dead_letters(conn, dead, now)
             if cursor is not None:
                 save_cursor(conn, cursor, now)
-            self._detect(conn, rows.values(), now, result)
+            touched, recent = _numbers(batch, now_ts=int(now.timestamp()), lookback=self.rules.lookback_seconds)
+            self._detect(conn, touched, recent, now, result)
         if result.opened and self.on_opened is not None:
             self.on_opened(result.opened)
-        self._since_analyze += len(rows)
+        self._analyze_after(len(batch))
+        return result
+
+    def bulk(self) -> BulkLoad:
+        """Many batches of a backfill in as few transactions as is safe; see `BulkLoad`."""
+        return BulkLoad(self)
+
+    def _analyze_after(self, rows: int) -> None:
+        self._since_analyze += rows
         if self._since_analyze >= 50_000 and not self.store.is_sqlite:
             # a bulk import into a young table: fresh statistics keep the detection query on its index
             with self.store.write() as conn:
                 conn.exec_driver_sql("ANALYZE attempts")
             self._since_analyze = 0
-        return result
+
+    def _store_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Upsert by (system, call_id). On SQLite (one writer: BEGIN IMMEDIATE) a large batch asks the
+        unique index which of its keys exist, in one range query, INSERTs the others plainly and sends
+        only those through the merge rules; a re-import finds them all and upserts them all."""
+        upsert = UPSERT_SQL[conn.dialect.paramstyle]
+        if not self.store.is_sqlite or len(rows) < FRESH_MIN:
+            conn.exec_driver_sql(upsert, rows)
+            return
+        systems = set(map(_SYSTEM, rows))
+        groups = [(rows[0][0], rows)] if len(systems) == 1 else [
+            (system, [r for r in rows if r[0] == system]) for system in sorted(systems)]
+        for system, part in groups:
+            # (bounded: call ids that do not follow time, such as Twilio's, can make the range the
+            # whole table; past the bound the batch is simply upserted)
+            limit = 2 * len(part) + 1000
+            existing = {cid for (cid,) in conn.exec_driver_sql(
+                "SELECT call_id FROM attempts WHERE system = ? AND call_id BETWEEN ? AND ? LIMIT ?",
+                (system, min(map(_CALL_ID, part)), max(map(_CALL_ID, part)), limit))}
+            if len(existing) >= limit:
+                conn.exec_driver_sql(upsert, part)
+                continue
+            if existing:
+                old = [r for r in part if r[1] in existing]
+                if old:
+                    part = [r for r in part if r[1] not in existing]
+                    conn.exec_driver_sql(upsert, old)
+            if part:
+                conn.exec_driver_sql(INSERT_SQL, part)
 
     # -- dead letters -------------------------------------------------------------
     def _dead_letters(self, conn: Connection, dead: Sequence[DeadLetter], now: datetime) -> int:
@@ -203,13 +256,14 @@ class Ingestor:
         return len(values)
 
     # -- detection ----------------------------------------------------------------
-    def _detect(self, conn: Connection, rows: Iterable[tuple[Any, ...]], now: datetime, result: IngestResult) -> None:
-        now_ts = int(now.timestamp())
-        since = now_ts - self.rules.lookback_seconds
-        touched = {r[_NUMBER] for r in rows if r[_NUMBER]}
+    def _detect(self, conn: Connection, touched: set[str], recent: set[str], now: datetime,
+                result: IngestResult) -> None:
+        """Detection for the numbers a batch touched that have attempts inside the lookback window, and
+        those with an open callback (a late attempt can still grow or cancel it)."""
         if not touched:
             return
-        recent = {r[_NUMBER] for r in rows if r[_NUMBER] and (r[_ENDED] or r[_STARTED]) >= since}
+        now_ts = int(now.timestamp())
+        since = now_ts - self.rules.lookback_seconds
         open_numbers = {n for (n,) in conn.execute(
             sa.select(t.callbacks.c.number).where(t.callbacks.c.state.in_(_OPEN)))}
         candidates = sorted(recent | (touched & open_numbers))
@@ -395,6 +449,146 @@ class Ingestor:
         if attempt_ids:
             conn.execute(_insert_ignore(conn, t.callback_attempts),
                          [{"callback_id": callback_id, "attempt_id": i} for i in attempt_ids])
+
+
+class BulkLoad:
+    """A backfill's batches, written as `Ingestor.ingest_rows` would, in fewer transactions.
+
+    On SQLite, when the rows still to come are at least as many as the table holds, one
+    transaction takes up to `max_rows` of them: the attempts table's secondary indexes are
+    dropped at its start and built again at its end (SQLite sorts the keys once: much cheaper
+    than a random-order insert per row into the (number, started_ts) index), and detection
+    runs then, once, for every number the transaction touched. The DDL is inside the
+    transaction, so a crash rolls it back with the rows; readers keep their snapshot; the
+    daemon's own writes wait for the commit (`max_rows` bounds that wait). Otherwise, and on
+    PostgreSQL, each batch is its own `ingest_rows` transaction.
+    """
+
+    def __init__(self, ingestor: Ingestor, *, max_rows: int = 1_000_000, min_rows: int = 20_000) -> None:
+        self.ingestor = ingestor
+        self.max_rows = max_rows
+        self.min_rows = min_rows
+        self.result = IngestResult()
+        self._stack: contextlib.ExitStack | None = None
+        self._conn: Connection | None = None
+        self._indexes: list[str] = []
+        self._rows = 0
+        self._touched: set[str] = set()
+        self._recent: set[str] = set()
+
+    def __enter__(self) -> BulkLoad:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._stack is not None:
+            stack, self._stack, self._conn = self._stack, None, None
+            stack.__exit__(exc_type, exc, tb)  # type: ignore[arg-type]  # rolls back, DDL included
+
+    def add(self, rows: Sequence[tuple[Any, ...]], dead: Sequence[DeadLetter] = (), *, more: int = 0) -> None:
+        """One batch; `more` estimates the rows still to come after it."""
+        ing = self.ingestor
+        if self._conn is None and not self._begin(len(rows) + more):
+            self._merge(ing.ingest_rows(rows, dead))
+            return
+        conn = self._conn
+        assert conn is not None
+        now = ing.clock.now()
+        batch = _merged(rows)
+        if batch:
+            ing._store_rows(conn, batch)
+            self.result.attempts += len(batch)
+            touched, recent = _numbers(batch, now_ts=int(now.timestamp()), lookback=ing.rules.lookback_seconds)
+            self._touched |= touched
+            self._recent |= recent
+            self._rows += len(batch)
+        if dead:
+            self.result.dead_letters += ing._dead_letters(conn, dead, now)
+        if self._rows >= self.max_rows:
+            self._commit()
+
+    def close(self) -> IngestResult:
+        if self._conn is not None:
+            self._commit()
+        return self.result
+
+    def _begin(self, expected: int) -> bool:
+        ing = self.ingestor
+        if not ing.store.is_sqlite or expected < self.min_rows:
+            return False
+        with contextlib.ExitStack() as stack:
+            conn = stack.enter_context(ing.store.write())
+            if (conn.exec_driver_sql("SELECT max(id) FROM attempts").scalar() or 0) > expected:
+                return False
+            indexes = conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' "
+                "AND sql IS NOT NULL ORDER BY name").all()  # (the UNIQUE constraint's own index has no sql)
+            for name, _sql in indexes:
+                conn.exec_driver_sql(f'DROP INDEX "{name}"')
+            self._indexes = [sql for _name, sql in indexes]
+            self._conn, self._stack = conn, stack.pop_all()
+        return True
+
+    def _commit(self) -> None:
+        ing, conn, stack = self.ingestor, self._conn, self._stack
+        assert conn is not None and stack is not None
+        part = IngestResult()
+        with stack:
+            if self._indexes:
+                # SQLite sorts the keys in runs of at most the page cache and merges them: 4 MiB runs stay
+                # in the CPU's caches (measured: a quarter faster than one 15 MB sort for 400,000 rows)
+                size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+                conn.exec_driver_sql("PRAGMA cache_size = -4096")
+                try:
+                    for sql in self._indexes:
+                        conn.exec_driver_sql(sql)
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA cache_size = {int(size)}")
+            ing._detect(conn, self._touched, self._recent, ing.clock.now(), part)
+        self._stack = self._conn = None
+        rows, self._rows = self._rows, 0
+        self._touched, self._recent = set(), set()
+        self._merge(part)
+        if part.opened and ing.on_opened is not None:
+            ing.on_opened(part.opened)
+        ing._analyze_after(rows)
+
+    def _merge(self, r: IngestResult) -> None:
+        res = self.result
+        res.attempts += r.attempts
+        res.dead_letters += r.dead_letters
+        res.opened += r.opened
+        res.cancelled += r.cancelled
+        res.grown += r.grown
+
+
+def _merged(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The batch with one row per (system, call_id), merged in order (a statement may not touch a row
+    twice). Rows of one system with distinct call ids, the usual batch, are taken as they are."""
+    if not rows:
+        return []
+    if len(set(map(_CALL_ID, rows))) == len(rows) and len(set(map(_SYSTEM, rows))) == 1:
+        return list(rows)
+    out: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for r in rows:
+        key = (r[0], r[1])
+        prior = out.get(key)
+        out[key] = r if prior is None else merge_rows(prior, r)
+    return list(out.values())
+
+
+def _numbers(rows: Iterable[tuple[Any, ...]], *, now_ts: int, lookback: int) -> tuple[set[str], set[str]]:
+    """(numbers the rows touch, those with an attempt that ended inside the lookback window)."""
+    since = now_ts - lookback
+    touched = set(map(_NUMBER_OF, rows))
+    touched.discard(None)  # type: ignore[arg-type]
+    touched.discard("")
+    # (map/filter run in C: a backfill's batches are all older than the window, and say so quickly)
+    if max(max(map(_STARTED_OF, rows), default=0), max(filter(None, map(_ENDED_OF, rows)), default=0)) < since:
+        return touched, set()
+    recent = {r[_NUMBER] for r in rows if r[_NUMBER] and (r[_ENDED] or r[_STARTED]) >= since}
+    return touched, recent
 
 
 def _ev(cid: int, at: datetime, actor: str, event: str, frm: State | str | None, to: State | str | None,

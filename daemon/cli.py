@@ -239,10 +239,16 @@ def _import_one(path: Path, parser: Any, ingestor: Any, import_file: Any) -> Any
         return import_file(path, parser, ingestor)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+    # no refresh thread (auto_refresh=False): the import forks a parse worker only from a single-threaded process
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True) as bar:
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True, auto_refresh=False) as bar:
         task = bar.add_task(path.name, total=path.stat().st_size)
-        return import_file(path, parser, ingestor, progress=lambda n: bar.advance(task, n))
+
+        def advance(n: int) -> None:
+            bar.advance(task, n)
+            bar.refresh()
+
+        return import_file(path, parser, ingestor, progress=advance)
 
 
 @import_group.command("queue-log")

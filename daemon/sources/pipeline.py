@@ -7,17 +7,21 @@ state are rewound to what was committed, so the same lines are read again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import itertools
+import marshal
+import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from callback_queue.attempts import Attempt, DeadLetter
-from callback_queue.ingest import CursorWrite, Ingestor, IngestResult, load_cursor
+from callback_queue.ingest import CursorWrite, Ingestor, IngestResult, load_cursor, plain_row
 
 from .tail import FileTail, TailPosition
 
@@ -37,31 +41,34 @@ class Stats:
         self.cancelled += len(r.cancelled)
 
 
-def parse_lines(parser: Any, lines: list[bytes], positions: Callable[[], list[str]]
-                ) -> tuple[list[Attempt], list[DeadLetter]]:
-    """Feed lines to a parser; dead letters get "<path>:<byte offset>" as their position.
+def parse_lines(parser: Any, lines: list[bytes] | bytes, positions: Callable[[], list[str]]
+                ) -> tuple[list[tuple[Any, ...]], list[DeadLetter]]:
+    """Feed lines to a parser: (attempts as `plain_row`s, dead letters with "<path>:<byte offset>").
 
+    `lines` may be one block (the lines joined by "\n") for a parser with `feed_rows`.
     `positions` is only called when a line is rejected (computing every line's
     position up front cost more than parsing the good ones).
     """
-    if hasattr(parser, "feed_many"):
-        attempts, rejected = parser.feed_many(lines)
+    if hasattr(parser, "feed_rows"):
+        rows, rejected = parser.feed_rows(lines)
     else:
-        attempts, rejected = [], []
+        if isinstance(lines, bytes):
+            lines = lines.split(b"\n")
+        rows, rejected = [], []
         feed = parser.feed
         for i, data in enumerate(lines):
             r = feed(data, "")
             if r is None:
                 continue
             if type(r) is Attempt:
-                attempts.append(r)
+                rows.append(plain_row(r))
             else:
                 rejected.append((i, r))
     dead: list[DeadLetter] = []
     if rejected:
         where = positions()
         dead = [DeadLetter(d.source, where[i], d.raw, d.reason) for i, d in rejected]
-    return attempts, dead
+    return rows, dead
 
 
 def _open(path: Path) -> Any:
@@ -70,8 +77,9 @@ def _open(path: Path) -> Any:
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def read_chunks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[list[bytes], int]]:
-    """(lines, byte offset of the first) in chunks; a last line without newline counts too."""
+def read_blocks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[bytes, int]]:
+    """(block of whole lines joined by "\n", byte offset of its first) in chunks of about
+    `chunk_bytes`; a last line without newline counts too."""
     offset = 0
     rest = b""
     with _open(path) as f:
@@ -79,46 +87,134 @@ def read_chunks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[list[
             block = f.read(chunk_bytes)
             if not block:
                 break
-            data = rest + block
-            cut = data.rfind(b"\n")
+            cut = block.rfind(b"\n")
             if cut < 0:
-                rest = data
+                rest += block
                 continue
-            body, rest = data[:cut], data[cut + 1:]
-            yield body.split(b"\n"), offset
-            offset += cut + 1
+            yield rest + block[:cut], offset
+            offset += len(rest) + cut + 1
+            rest = block[cut + 1:]
         if rest:
-            yield [rest], offset
+            yield rest, offset
 
 
-def _positions(path: str, lines: list[bytes], base: int) -> Callable[[], list[str]]:
+def read_chunks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[list[bytes], int]]:
+    """(lines, byte offset of the first) in chunks; a last line without newline counts too."""
+    for block, offset in read_blocks(path, chunk_bytes):
+        yield block.split(b"\n"), offset
+
+
+def _positions(path: str, lines: list[bytes] | bytes, base: int) -> Callable[[], list[str]]:
     def compute() -> list[str]:
-        offsets = itertools.accumulate((len(x) + 1 for x in lines[:-1]), initial=base)
+        split = lines.split(b"\n") if isinstance(lines, bytes) else lines
+        offsets = itertools.accumulate((len(x) + 1 for x in split[:-1]), initial=base)
         return [f"{path}:{o}" for o in offsets]
 
     return compute
 
 
+def _size(path: Path) -> int | None:
+    """The bytes an import will read (None for a gzipped file: its size says little)."""
+    with open(path, "rb") as f:
+        return None if f.read(2) == b"\x1f\x8b" else os.fstat(f.fileno()).st_size
+
+
+class ParseWorkerError(RuntimeError):
+    """The parse worker of an import failed."""
+
+
 def import_file(path: Path, parser: Any, ingestor: Ingestor, *, chunk_bytes: int = 16 << 20,
-                progress: Callable[[int], None] | None = None) -> Stats:
+                progress: Callable[[int], None] | None = None, workers: int | None = None) -> Stats:
     """Backfill one file. Safe to repeat: attempts and dead letters are stored once.
 
-    One transaction per chunk. (A writer thread overlapping parse and store was
-    tried: the GIL hand-offs around each SQLite step made it slower, not faster.)
+    The batches go through `Ingestor.bulk`: on SQLite a large import into a smaller table is one
+    transaction (up to a million attempts) that builds the attempts indexes once at its end; otherwise
+    one transaction per chunk.
+
+    With `workers=1` (the default for a file of 8 MiB or more, when this process runs no other
+    thread and can fork) a forked process reads and parses the file and hands the rows over in
+    marshal'ed chunks, while this one stores them: the two halves overlap on two cores. The parser's
+    state (visits still in the queue) comes back at the end, so the next file continues it. (A writer
+    *thread* was tried: the GIL hand-offs around each SQLite step made it slower, not faster.)
     """
     stats = Stats()
-    name = str(path)
-    for lines, base in read_chunks(path, chunk_bytes):
-        attempts, dead = parse_lines(parser, lines, _positions(name, lines, base))
-        size = sum(map(len, lines)) + len(lines)
-        stats.lines += len(lines)
-        stats.attempts += len(attempts)
-        stats.dead_letters += len(dead)
-        stats.bytes += size
-        stats.add(ingestor.ingest(attempts, dead))
-        if progress is not None:
-            progress(size)
+    total = _size(path)
+    if workers is None:
+        workers = int(bool(total and total >= 8 << 20 and _can_fork()))
+    chunks = (_parse_in_worker(path, parser, min(chunk_bytes, 4 << 20)) if workers and hasattr(parser, "feed_rows")
+              else _parse_here(path, parser, chunk_bytes))
+    with ingestor.bulk() as bulk:
+        for rows, dead, base, size, lines in chunks:
+            stats.lines += lines
+            stats.attempts += len(rows)
+            stats.dead_letters += len(dead)
+            stats.bytes += size
+            # the rows still to come, at this chunk's rows per byte
+            more = len(rows) * max(0, total - base - size) // size if total else 0
+            bulk.add(rows, dead, more=more)
+            if progress is not None:
+                progress(size)
+    stats.add(bulk.result)
     return stats
+
+
+_Chunk = tuple[list[tuple[Any, ...]], list[DeadLetter], int, int, int]  # rows, dead, offset, bytes, lines
+
+
+def _parse_here(path: Path, parser: Any, chunk_bytes: int) -> Iterator[_Chunk]:
+    name = str(path)
+    for block, base in read_blocks(path, chunk_bytes):
+        rows, dead = parse_lines(parser, block, _positions(name, block, base))
+        yield rows, dead, base, len(block) + 1, block.count(b"\n") + 1
+
+
+def _can_fork() -> bool:
+    return (hasattr(os, "fork") and "fork" in multiprocessing.get_all_start_methods()
+            and threading.active_count() == 1)
+
+
+def _parse_in_worker(path: Path, parser: Any, chunk_bytes: int) -> Iterator[_Chunk]:
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_parse_worker, args=(send, path, parser, chunk_bytes), daemon=True,
+                       name="callbackd-parse")
+    proc.start()
+    send.close()
+    try:
+        while True:
+            try:
+                msg = marshal.loads(recv.recv_bytes())
+            except EOFError:
+                proc.join(5)
+                raise ParseWorkerError(f"{path}: the parse worker died (exit code {proc.exitcode})") from None
+            if msg[0] == "rows":
+                _, rows, dead, base, size, lines = msg
+                yield rows, [DeadLetter(*d) for d in dead], base, size, lines
+            elif msg[0] == "end":
+                for attr, value in msg[1].items():
+                    setattr(parser, attr, value)
+                return
+            else:
+                raise ParseWorkerError(f"{path}: {msg[1]}")
+    finally:
+        recv.close()
+        if proc.is_alive():
+            proc.terminate()
+        proc.join()
+
+
+def _parse_worker(send: Any, path: Path, parser: Any, chunk_bytes: int) -> None:
+    try:
+        for rows, dead, base, size, lines in _parse_here(path, parser, chunk_bytes):
+            dead_t = [(d.source, d.position, d.raw, d.reason) for d in dead]
+            send.send_bytes(marshal.dumps(("rows", rows, dead_t, base, size, lines)))
+        state = {attr: getattr(parser, attr) for attr in ("pending", "unknown_verbs") if hasattr(parser, attr)}
+        send.send_bytes(marshal.dumps(("end", state)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the importing process, which raises it
+        with contextlib.suppress(OSError):  # (the importing process is gone: nobody to tell)
+            send.send_bytes(marshal.dumps(("error", f"{type(exc).__name__}: {exc}")))
+    finally:
+        send.close()
 
 
 class TailRunner:
@@ -165,7 +261,7 @@ class TailRunner:
                                          lambda lines=lines: [f"{ln.path}:{ln.offset}" for ln in lines])
             cursor = CursorWrite(self.name, pos.path, pos.device, pos.inode, pos.offset, pos.head, self._state())
             try:
-                result = self.ingestor.ingest(attempts, dead, cursor)
+                result = self.ingestor.ingest_rows(attempts, dead, cursor)
             except Exception:
                 # rewind to what the database has, so the same lines are read again
                 self.tail.close()

@@ -43,7 +43,6 @@ _SHAPES = {
     "SYSCOMPAT": ((0, 1, 2, 3), ()),
 }
 _CONNECTED, _FAILED, _ORIGIN = Outcome.CONNECTED, Outcome.FAILED, Origin.QUEUE_LOG
-_FAST_CLOSE = frozenset({"CONNECT", "ABANDON", "EXITWITHTIMEOUT"})
 _PSEUDO_CALLIDS = frozenset({"NONE", "MANAGER", "CLI", "REALTIME", "AUTO"})
 _KNOWN_OTHER = frozenset({
     "COMPLETECALLER", "COMPLETEAGENT", "TRANSFER", "BLINDTRANSFER", "ATTENDEDTRANSFER",
@@ -53,6 +52,15 @@ _KNOWN_OTHER = frozenset({
     "QUEUESUMMARY", "INFO", "FULL", "CLOSED", "JOINEMPTY",
 })
 MAX_PENDING = 100_000
+#: feed_rows' dispatch: verbs it handles inline (the rest go through `feed`)
+_SKIP, _ENTER, _CONNECT, _FAIL = 0, 1, 2, 3
+_FAST_VERBS = {**dict.fromkeys(_KNOWN_OTHER, _SKIP), "ENTERQUEUE": _ENTER, "CONNECT": _CONNECT,
+               "ABANDON": _FAIL, "EXITWITHTIMEOUT": _FAIL}
+_RANK = Origin.QUEUE_LOG.rank
+#: what an attempt can hold: times up to 9999-12-31 (bigint anyway), waits in 32 bits, call ids of 128
+MAX_TS = 253_402_300_799
+MAX_WAIT = 2**31 - 1
+MAX_CALLID = 128
 
 
 class QueueLogParser:
@@ -86,64 +94,84 @@ class QueueLogParser:
         return self._feed_text(text, line, position)
 
     def feed_many(self, lines: list[bytes]) -> tuple[list[Attempt], list[tuple[int, DeadLetter]]]:
-        """A batch of lines: (attempts, [(index in lines, dead letter)]).
+        """A batch of lines: (attempts, [(index in lines, dead letter)]); `feed_rows` as Attempts."""
+        rows, dead = self.feed_rows(lines)
+        return [_attempt(r) for r in rows], dead
 
-        The usual shapes of ENTERQUEUE, CONNECT, ABANDON and EXITWITHTIMEOUT are
-        handled inline (this loop is most of an import's time); anything else
-        goes through `feed`, which decides alone what is malformed. Both give
-        the same results (tests/unit/test_queue_log.py checks that).
+    def feed_rows(self, lines: list[bytes] | bytes) -> tuple[list[tuple[Any, ...]], list[tuple[int, DeadLetter]]]:
+        """`feed_many`, with the attempts as plain rows ready to store (`callback_queue.ingest.COLUMNS`
+        order: str where Attempt has enums, and the origin's rank): the import's hot loop.
+
+        An ASCII batch is decoded and split in one go; each line is split once and dispatched
+        on its verb; the usual shapes of ENTERQUEUE, CONNECT, ABANDON and EXITWITHTIMEOUT
+        build their row right here, verbs that never open or close a visit are skipped without
+        building anything. Anything else goes through `feed`, which decides alone what is
+        malformed (tests/unit/test_queue_log.py checks all three paths agree).
+
+        `lines` may also be one block of bytes, the lines joined by "\n" (a file's chunk as
+        read: an ASCII block is never split into a million bytes objects).
         """
-        attempts: list[Attempt] = []
+        if isinstance(lines, list) and not lines:
+            return [], []
+        block = lines if isinstance(lines, bytes) else b"\n".join(lines)
+        texts = block.decode("ascii").split("\n") if block.isascii() else []
+        if isinstance(lines, bytes) and texts:
+            lines = _Encoded(texts)  # type: ignore[assignment]
+        elif len(texts) != len(lines):  # not ASCII, or a line holding "\n"
+            if isinstance(lines, bytes):
+                lines = lines.split(b"\n")
+            # "" sends a line through `feed`; ASCII lines keep the fast path
+            texts = [ln.decode("ascii") if ln.isascii() else "" for ln in lines]
+        rows: list[tuple[Any, ...]] = []
         dead: list[tuple[int, DeadLetter]] = []
+        add = rows.append
         pending = self.pending
         pseudo = _PSEUDO_CALLIDS
         normalize = self.normalizer.normalize
         system = self.system
         slow = self.feed
-        known = _KNOWN_OTHER
-        make = tuple.__new__
-        for i, line in enumerate(lines):
-            try:
-                f = line.decode("utf-8").split("|")
-            except UnicodeDecodeError:
-                f = ()  # type: ignore[assignment]
-            if len(f) >= 5 and f[0].isdigit() and line.isascii():
-                verb = f[4]
-                if verb in known:
-                    continue
-                callid = f[1]
-                if len(f) != 8 or not callid or callid in pseudo:
-                    pass
-                elif verb == "ENTERQUEUE":
-                    if (not f[7] or f[7].isdigit()) and callid not in pending and len(pending) < MAX_PENDING:
-                        pending[callid] = [int(f[0]), f[6], f[2]]
+        verbs = _FAST_VERBS
+        for i, text in enumerate(texts):
+            f = text.split("|")
+            if len(f) >= 5:
+                t = f[0]
+                kind = verbs.get(f[4])
+                if kind is not None and t.isdigit() and len(t) < 12:
+                    if kind == _SKIP:
                         continue
-                elif verb in _FAST_CLOSE:
-                    d0, d1, d2 = f[5], f[6], f[7]
-                    if d0.isdigit() and d2.isdigit() and (verb == "CONNECT" or d1.isdigit()):
-                        ts = int(f[0])
-                        visit = pending.pop(callid, None)
-                        connected = verb == "CONNECT"
-                        wait = int(d0) if connected else int(d2)
-                        if visit is None:
-                            enter_ts, caller, queue = ts - wait, None, f[2]
+                    callid = f[1]
+                    if len(f) == 8 and callid and callid not in pseudo and len(callid) <= MAX_CALLID:
+                        if kind == _ENTER:
+                            d2 = f[7]
+                            if (not d2 or d2.isdigit()) and len(pending) < MAX_PENDING:
+                                visit = [int(t), f[6], f[2]]
+                                if pending.setdefault(callid, visit) is visit:
+                                    continue
                         else:
-                            enter_ts, caller, queue = visit
-                        # tuple.__new__: a NamedTuple's own __new__ costs more than the parse
-                        attempts.append(make(Attempt, (
-                            system, callid, caller or None, normalize(caller) if caller else None,
-                            enter_ts, ts, _CONNECTED if connected else _FAILED,
-                            "connect" if connected else FAILURE_VERBS[verb], wait, queue or None, _ORIGIN,
-                        )))
-                        continue
-            r = slow(line, "")
+                            d0, d2 = f[5], f[7]
+                            if (d0.isdigit() and d2.isdigit() and len(d0) < 10 and len(d2) < 10
+                                    and (kind == _CONNECT or f[6].isdigit())):
+                                ts = int(t)
+                                visit = pending.pop(callid, None)
+                                if kind == _CONNECT:
+                                    wait, outcome, reason = int(d0), "connected", "connect"
+                                else:
+                                    wait, outcome, reason = int(d2), "failed", FAILURE_VERBS[f[4]]
+                                if visit is None:
+                                    enter_ts, caller, queue = ts - wait, None, f[2]
+                                else:
+                                    enter_ts, caller, queue = visit
+                                add((system, callid, caller or None, normalize(caller) if caller else None,
+                                     enter_ts, ts, outcome, reason, wait, queue or None, "queue_log", _RANK))
+                                continue
+            r = slow(lines[i], "")
             if r is None:
                 continue
             if type(r) is Attempt:
-                attempts.append(r)
+                add(_plain(r))
             else:
                 dead.append((i, r))  # type: ignore[arg-type]
-        return attempts, dead
+        return rows, dead
 
     def _feed_odd_bytes(self, line: bytes, position: str, bad_at: int) -> Attempt | DeadLetter | None:
         f = line.decode("utf-8", "surrogateescape").rstrip("\r\n").split("|")
@@ -164,8 +192,8 @@ class QueueLogParser:
                               f"queue_log line has {len(f)} fields; at least 5 expected "
                               "(time|callid|queue|agent|event)")
         t = f[0]
-        ts = int(t) if _num(t) else self._time(t)
-        if ts is None:
+        ts = int(t) if _num(t) and len(t) <= 12 else self._time(t)   # (int() refuses 4,300+ digits)
+        if ts is None or not 0 <= ts <= MAX_TS:
             return DeadLetter(self.source, position, line, f"time field {t[:40]!r} is not an epoch "
                               "or a 'YYYY-MM-DD HH:MM:SS' time")
         verb = f[4]
@@ -191,6 +219,9 @@ class QueueLogParser:
         callid = f[1]
         if not callid or callid in _PSEUDO_CALLIDS:
             return DeadLetter(self.source, position, line, f"ENTERQUEUE with callid {callid!r}")
+        if len(callid) > MAX_CALLID:
+            return DeadLetter(self.source, position, line, f"callid of {len(callid)} characters (at most "
+                                                           f"{MAX_CALLID})")
         n = len(f) - 5
         if n < 2 or n > 4 + (f[-1] == ""):
             return DeadLetter(self.source, position, line,
@@ -214,6 +245,9 @@ class QueueLogParser:
         verb = f[4]
         if not callid or callid in _PSEUDO_CALLIDS:
             return DeadLetter(self.source, position, line, f"{verb} with callid {callid!r}")
+        if len(callid) > MAX_CALLID:
+            return DeadLetter(self.source, position, line, f"callid of {len(callid)} characters (at most "
+                                                           f"{MAX_CALLID})")
         data = f[5:]
         counts, numeric = _SHAPES[verb]
         n = len(data)
@@ -227,7 +261,10 @@ class QueueLogParser:
                 return DeadLetter(self.source, position, line,
                                   f"{verb} field data{i + 1} {data[i][:20]!r} is not a number")
         idx = _WAIT_INDEX.get(verb)
-        wait = int(data[idx]) if idx is not None and idx < n else None
+        wait = int(data[idx]) if idx is not None and idx < n and len(data[idx]) <= 10 else None
+        if idx is not None and idx < n and (wait is None or wait > MAX_WAIT):
+            return DeadLetter(self.source, position, line, f"{verb} field data{idx + 1} {data[idx][:20]!r} is "
+                                                           f"not a number of seconds (at most {MAX_WAIT})")
         visit = self.pending.pop(callid, None)
         if visit is None:
             # the visit began before this file (or before we started): caller unknown for now;
@@ -250,13 +287,33 @@ class QueueLogParser:
             if "." in value and _num(value.replace(".", "", 1)):
                 return int(float(value))
             dt = datetime.fromisoformat(value.strip())
-        except ValueError:
+        except (ValueError, OverflowError):   # float("1" * 400 + ".5") is inf
             return None
         if dt.tzinfo is None:
             if self.tz is None:
                 return None
             dt = dt.replace(tzinfo=self.tz)
         return int(dt.timestamp())
+
+
+class _Encoded:
+    """The bytes of an ASCII block's lines, made only for the few that go through `feed`."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.texts[i].encode("ascii")
+
+
+def _plain(a: Attempt) -> tuple[Any, ...]:
+    """An attempt as feed_rows gives it (callback_queue.ingest.plain_row, without importing the store)."""
+    return (a.system, a.call_id, a.caller, a.number, a.started_ts, a.ended_ts, a.outcome.value, a.reason,
+            a.wait_seconds, a.queue, a.origin.value, a.origin.rank)
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    return Attempt(*row[:6], Outcome(row[6]), *row[7:10], Origin(row[10]))
 
 
 def _num(value: str) -> bool:

@@ -11,7 +11,7 @@ INT32, INT64 = 2**31 - 1, 2**63 - 1
 def unstorable(a: Attempt) -> list[str]:
     """What in `a` would not fit callback_queue/schema.py's attempts table (empty: it fits).
 
-    caller and queue are cut to their width when stored (ingest.attempt_row); the rest must fit as is.
+    caller and queue are cut to their width when stored (ingest._fit); the rest must fit as is.
     """
     bad = []
     for name in ("started_ts", "ended_ts"):

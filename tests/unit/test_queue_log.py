@@ -159,3 +159,23 @@ def test_never_raises(data):
     assert r is None or isinstance(r, Attempt | DeadLetter)
     if isinstance(r, DeadLetter):
         assert r.reason and r.raw == data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(GOOD_LINES | st.just("{t}|{c}|hotline|NONE|ENTERQUEUE||{n}|{p}|Zh\xe1ng"),
+                          st.integers(0, 10**10), st.sampled_from(["u.1", "u.2", "u.3", ""]),
+                          st.sampled_from(["13812345678", "01062345678", "", "1000", "anonymous"]),
+                          st.integers(0, 9), st.integers(0, 600)), min_size=1, max_size=40))
+def test_rows_from_a_block_equal_the_attempts_line_by_line(items):
+    """feed_rows on the file's bytes as read (one block, maybe not ASCII) = feed, line by line."""
+    lines = [tpl.format(t=t, c=c, n=n, p=p, w=w).encode("latin-1") for tpl, t, c, n, p, w in items]
+    one = parser()
+    slow = feed_all(one, lines)
+    two = parser()
+    rows, dead = two.feed_rows(b"\n".join(lines))
+    assert rows == [(a.system, a.call_id, a.caller, a.number, a.started_ts, a.ended_ts, a.outcome.value, a.reason,
+                     a.wait_seconds, a.queue, a.origin.value, a.origin.rank) for a in slow if isinstance(a, Attempt)]
+    assert all(type(v) in (str, int, type(None)) for r in rows for v in r)  # plain values, no enums
+    assert [(lines[i], d.raw, d.reason) for i, d in dead] == [
+        (r.raw, r.raw, r.reason) for r in slow if isinstance(r, DeadLetter)]
+    assert one.pending == two.pending
