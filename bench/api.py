@@ -2,11 +2,15 @@
 HTTP API (16 concurrent clients), and in the same run the bare SQL claim statement (16 connections).
 
     .venv/bin/python bench/api.py [--callbacks 1000000] [--clients 16] [--requests 100] [--keep | --db URL]
-                                  [--httpx] [--json]       (PostgreSQL admin URL: $CALLBACKD_TEST_PG)
+                                  [--httpx] [--python-json] [--profile FILE] [--json]
+                                  (PostgreSQL admin URL: $CALLBACKD_TEST_PG)
 
-A fresh database is created (and dropped at the end unless --keep); 3% of the callbacks are open,
-two thirds of those due now. The server is the real app (uvicorn, one process, the daemon's default
-pool size) started in a subprocess so that clients and server do not share a GIL. The clients are a
+A fresh database is created (and dropped at the end unless --keep, which prints its URL for --db); 3% of
+the callbacks are open, two thirds of those due now. A kept database is reused as it was left, but the
+claims earlier runs made are handed back first (otherwise each run would shrink the due queue).
+
+The server is the real app (uvicorn, one process, the daemon's default pool size) started in a
+subprocess so that clients and server do not share a GIL. The clients are a
 minimal HTTP/1.1 keep-alive client on asyncio streams (httpx cost more CPU per request than the server's
 own HTTP layer: on 2 cores the client's CPU is taken from the server). Targets: API p99 < 50 ms and
 within 5x the bare statement's p99.
@@ -100,8 +104,54 @@ def drop_db(url: str) -> None:
     admin.dispose()
 
 
-def serve(url: str, port_file: str) -> None:
-    """The server process: the real app over the bench database, configured as the daemon is by default."""
+def hand_back_claims(url: str) -> int:
+    """A kept database: the operators' claims earlier runs made go back to the queue, as a sweep would."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        n = conn.execute(sa.text(
+            "UPDATE callbacks SET state = CASE WHEN dial_attempts = 0 THEN 'pending' ELSE 'retry_wait' END, "
+            "claimed_by = NULL, lease_until = NULL WHERE state = 'dialing' AND dialer IS NULL")).rowcount
+    engine.dispose()
+    return n
+
+
+def profiled(out: str) -> None:
+    """--profile: every thread the server starts from now on (uvicorn's, the handler pool's) runs under its
+    own cProfile, timed in CPU seconds of that thread (not wall time: on a loaded machine that is mostly
+    waiting); on SIGTERM their statistics are merged into `out` (pstats: python -m pstats FILE)."""
+    import cProfile
+    import pstats
+    import signal
+
+    profiles: list[cProfile.Profile] = []
+    inner = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def bootstrap_profiled(self: threading.Thread) -> None:
+        prof = cProfile.Profile(time.thread_time)
+        profiles.append(prof)
+        prof.enable()
+        inner(self)
+
+    threading.Thread._bootstrap_inner = bootstrap_profiled  # type: ignore[attr-defined]
+
+    def dump(signum: int, frame: Any) -> None:
+        stats = None
+        for prof in profiles:
+            prof.create_stats()
+            if prof.stats:  # type: ignore[attr-defined]
+                stats = pstats.Stats(prof) if stats is None else stats.add(prof)
+        if stats is not None:
+            stats.dump_stats(out)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+
+
+def serve(url: str, port_file: str, python_json: bool = False) -> None:
+    """The server process: the real app over the bench database, configured as the daemon is by default
+    (`python_json`: the queue's JSON written in Python, as before PostgreSQL wrote it)."""
     from callback_queue.clock import SystemClock
     from daemon.app import callback_queue, open_store
     from daemon.http import api, console, metrics  # noqa: F401  (register their routes)
@@ -112,6 +162,7 @@ def serve(url: str, port_file: str) -> None:
     store = open_store(settings)
     clock = SystemClock()
     svc = Services(settings=settings, store=store, clock=clock, queue=callback_queue(settings, store, clock))
+    svc.queue.json_in_sql = not python_json
     server = HttpServer(create_app(svc), "127.0.0.1", 0)
     server.start()
     Path(port_file).write_text(str(server.port))
@@ -300,11 +351,17 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the database")
     ap.add_argument("--db", metavar="URL", help="use this database (made by an earlier --keep run) instead")
     ap.add_argument("--httpx", action="store_true", help="clients through httpx instead of the minimal client")
+    ap.add_argument("--python-json", action="store_true",
+                    help="the server writes the JSON in Python (Callback.as_json), not in PostgreSQL: the figures "
+                         "to compare with")
+    ap.add_argument("--profile", metavar="FILE", help="profile the server's threads (cProfile) into FILE")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures (run_all.py)")
     ap.add_argument("--serve", nargs=2, metavar=("URL", "PORT_FILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(*args.serve)
+        if args.profile:
+            profiled(args.profile)
+        serve(*args.serve, python_json=args.python_json)
         return 0
 
     from callback_queue.clock import SystemClock
@@ -312,13 +369,19 @@ def main() -> int:
     from callback_queue.users import Users
 
     url = args.db or make_db(args.callbacks)
+    if args.keep:
+        print(f"the database is kept: --db {url}", flush=True)
+    if args.db and (n := hand_back_claims(url)):
+        print(f"{n:,} claims of earlier runs handed back", flush=True)
     store = Store(url)
     store.upgrade()  # a kept database from an older revision gets this one's indexes
     token = Users(store, SystemClock()).add(f"bench-{uuid.uuid4().hex[:6]}", "operator")[1]
     store.dispose()
     load_before = os.getloadavg()[0]
     port_file = Path(f"/tmp/callbackd-bench-{os.getpid()}.port")
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", url, str(port_file)],
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", url, str(port_file),
+                             *(["--python-json"] if args.python_json else []),
+                             *(["--profile", args.profile] if args.profile else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meter: CpuMeter | None = None
     client = run_httpx if args.httpx else run_clients
@@ -351,7 +414,8 @@ def main() -> int:
     cpus = os.cpu_count() or 1
     load = os.getloadavg()[0]
     print(f"\n{args.callbacks:,} callbacks on PostgreSQL; {c} concurrent clients x {n} requests "
-          f"({'httpx' if args.httpx else 'minimal HTTP client'}); {cpus} CPUs, load average {load_before:.1f} "
+          f"({'httpx' if args.httpx else 'minimal HTTP client'}; JSON written by "
+          f"{'Python' if args.python_json else 'PostgreSQL'}); {cpus} CPUs, load average {load_before:.1f} "
           f"before, {load:.1f} after (the server is one uvicorn process)")
     print(f"{'':28} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'CPU ms per request: server':>27} {'client':>7} "
           f"{'pg':>6} {'total':>6}  status codes")

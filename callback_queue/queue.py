@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Connection
 
 from . import schema as t
+from .callback_json import callback_json, items_json
 from .callbacks import CLAIMABLE_STATES, OPEN_STATES, Callback, CloseOutcome, Event, State
 from .clock import Clock
 from .errors import InvalidTransition, LeaseLost, NotFound
@@ -32,6 +34,8 @@ cb = t.callbacks
 ORDER = (cb.c.priority.desc(), cb.c.failures.desc(), cb.c.triggered_at.asc(), cb.c.id.asc())
 #: "now" in statements built once and run many times (the API's list and claim)
 _NOW = sa.bindparam("now", type_=cb.c.due_at.type)
+#: claims of up to this many callbacks get a statement each, with the count written in (`_claim_ctes`)
+_LITERAL_COUNTS = 64
 
 
 def _lit(*values: str) -> list[Any]:
@@ -88,6 +92,9 @@ class CallbackQueue:
         #: open now can be claimed; without, anything due can
         self.planned = planned
         self.lease = lease
+        #: list_json and claim_json have PostgreSQL write the JSON (off: the Python path, as on SQLite;
+        #: bench/api.py --python-json measures the two against each other)
+        self.json_in_sql = not store.is_sqlite
 
     @property
     def planned(self) -> bool:
@@ -121,6 +128,51 @@ class CallbackQueue:
         with self.store.autocommit() as conn:  # one SELECT: no BEGIN/COMMIT round trips on PostgreSQL
             rows = conn.execute(q, params).all()
         return [Callback.from_row(r) for r in rows]
+
+    def list_json(self, *, viewer: str, show_all: bool, limit: int, states: list[str] | None = None,
+                  due: bool = False, offset: int = 0, number: str | None = None,
+                  kind: str | None = None) -> tuple[str, bool]:
+        """A page of `list` as the API writes it: the callbacks' JSON objects, comma-separated, and whether
+        more follow. Numbers are masked except for `show_all` (an admin) and the callbacks `viewer` holds.
+        PostgreSQL writes the JSON in the statement (callback_json); SQLite goes through Callback.as_json."""
+        if not self.json_in_sql:
+            got = self.list(states=states, due=due, limit=limit + 1, offset=offset, number=number, kind=kind)
+            return items_json(got[:limit], lambda c: show_all or (c.state is State.DIALING
+                                                                  and c.claimed_by == viewer)), len(got) > limit
+        shape = ("list_json", due, bool(kind), bool(states), bool(number), True, bool(offset))
+        q = self._statements.get(shape)
+        if q is None:
+            q = self._statements[shape] = self._list_json_statement(self._list_statement(*shape[1:]))
+        params: dict[str, Any] = {"kind": kind, "states": states, "number": number, "lim": limit + 1,
+                                  "off": offset, "lim_off": limit + 1 + offset, "page": limit, "viewer": viewer,
+                                  "show_all": show_all}
+        if due:
+            params["now"] = self.clock.now()
+        if not due or states:
+            with self.store.autocommit() as conn:
+                items, fetched = conn.execute(q, params).one()
+            return items or "", fetched > limit
+        with self.store.read() as conn:
+            # the due list's generic plan is the plan every custom one is (the due-order index, read in
+            # order); PostgreSQL would still plan each execution anew, as it costs the generic plan's
+            # LIMIT at a tenth of the rows: half the database's CPU per page. Only for this transaction.
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+            items, fetched = conn.execute(q, params).one()
+        return items or "", fetched > limit
+
+    @staticmethod
+    def _list_json_statement(list_statement: Any) -> Any:
+        """PostgreSQL: a page (`page` rows of the list statement's `lim`) as one JSON text, and the rows
+        fetched."""
+        page = list_statement.subquery("page")
+        show = sa.or_(sa.bindparam("show_all", type_=sa.Boolean),
+                      sa.and_(page.c.state == _lit(State.DIALING.value)[0],
+                              page.c.claimed_by == sa.bindparam("viewer", type_=sa.String)))
+        rows = sa.select(sa.func.row_number().over(order_by=(page.c.priority.desc(), page.c.failures.desc(),
+                                                             page.c.triggered_at.asc(), page.c.id.asc())).label("rn"),
+                         callback_json("page", show).label("j")).subquery("r")
+        items = sa.func.string_agg(rows.c.j, aggregate_order_by(sa.literal_column("','"), rows.c.rn))
+        return sa.select(items.filter(rows.c.rn <= sa.bindparam("page")), sa.func.count())
 
     def _list_statement(self, due: bool, kind: bool, states: bool, number: bool, limited: bool,
                         offset: bool) -> Any:
@@ -187,18 +239,11 @@ class CallbackQueue:
         """Hand out up to `count` due callbacks to `operator`, each exactly once."""
         if count < 1:
             raise ValueError("count must be at least 1")
+        if not self.store.is_sqlite:
+            return sorted((Callback.from_row(r) for r in self._claim_pg(operator, count, lease, as_json=False)),
+                          key=_order_key)
         now = self.clock.now()
         until = now + (lease or self.lease)
-        if not self.store.is_sqlite:
-            # two statements, each atomic on its own: the sweep, then one that picks (FOR UPDATE SKIP
-            # LOCKED), updates and writes the "claimed" events; no BEGIN/COMMIT round trips
-            detail = json.dumps({"lease_until": until.isoformat()}, sort_keys=True, ensure_ascii=False)
-            with self.store.autocommit() as conn:
-                self._sweep(conn, now)
-                rows = conn.execute(self._statement("claim", self._claim_statement),
-                                    {"now": now, "until": until, "operator": operator, "count": count,
-                                     "detail": detail}).all()
-            return sorted((Callback.from_row(r) for r in rows), key=_order_key)
         with self.store.write() as conn:
             self._sweep(conn, now)
             pick = sa.select(cb.c.id).where(self.due_clause(now)).order_by(*ORDER).limit(count)
@@ -215,6 +260,33 @@ class CallbackQueue:
                         {"lease_until": until.isoformat()}) for c in claimed
                 ])
         return claimed
+
+    def claim_json(self, operator: str, count: int = 1, *, lease: timedelta | None = None) -> str:
+        """`claim` as the API writes it: the claimed callbacks' JSON objects, comma-separated, in the queue's
+        order. PostgreSQL writes the JSON in the claim statement itself (callback_json)."""
+        if not self.json_in_sql:
+            return items_json(self.claim(operator, count, lease=lease), lambda c: True)
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        return self._claim_pg(operator, count, lease, as_json=True) or ""
+
+    def _claim_pg(self, operator: str, count: int, lease: timedelta | None, *, as_json: bool) -> Any:
+        # two statements, each atomic on its own: the sweep, then one that picks (FOR UPDATE SKIP
+        # LOCKED), updates and writes the "claimed" events; no BEGIN/COMMIT round trips
+        now = self.clock.now()
+        until = now + (lease or self.lease)
+        detail = json.dumps({"lease_until": until.isoformat()}, sort_keys=True, ensure_ascii=False)
+        params = {"now": now, "until": until, "operator": operator, "count": count, "detail": detail}
+        fixed = count if count <= _LITERAL_COUNTS else None  # one statement per count up to there
+        name = "claim_json" if as_json else "claim"
+        q = self._statements.get((name, fixed))
+        if q is None:
+            q = self._statements[(name, fixed)] = (self._claim_json_statement if as_json
+                                                   else self._claim_statement)(fixed)
+        with self.store.autocommit() as conn:
+            self._sweep(conn, now)
+            result = conn.execute(q, params)
+            return result.scalar_one() if as_json else result.all()
 
     def claim_one(self, callback_id: int, operator: str, *, lease: timedelta | None = None) -> Callback:
         """Claim one chosen callback, if it is due and nobody holds it (the console's "call this one")."""
@@ -315,10 +387,27 @@ class CallbackQueue:
             q = self._statements[(name,)] = build()
         return q
 
-    def _claim_statement(self) -> Any:
+    def _claim_statement(self, count: int | None) -> Any:
         """PostgreSQL: the claim as one statement (data-modifying CTEs): pick, lease, events."""
+        claimed, events = self._claim_ctes(count)
+        return sa.select(claimed).add_cte(events)
+
+    def _claim_json_statement(self, count: int | None) -> Any:
+        """PostgreSQL: the claim, answering with the claimed callbacks as one JSON text in the queue's order
+        (the claimer holds them all: every number shown)."""
+        claimed, events = self._claim_ctes(count)
+        order = (claimed.c.priority.desc(), claimed.c.failures.desc(), claimed.c.triggered_at.asc(), claimed.c.id.asc())
+        items = sa.func.string_agg(callback_json("claimed", sa.true()),
+                                   aggregate_order_by(sa.literal_column("','"), *order))
+        return sa.select(items).select_from(claimed).add_cte(events)
+
+    def _claim_ctes(self, count: int | None) -> tuple[Any, Any]:
+        """`count` written into the statement (else bound): with a LIMIT it knows, PostgreSQL's plan for the
+        prepared statement is the same whatever the time bound, and it keeps that generic plan instead of
+        planning each claim anew (a custom plan per execution: most of the claim's database CPU)."""
         ev = t.callback_events
-        pick = (sa.select(cb.c.id).where(self.due_clause(_NOW)).order_by(*ORDER).limit(sa.bindparam("count"))
+        limit = sa.literal_column(str(int(count))) if count is not None else sa.bindparam("count")
+        pick = (sa.select(cb.c.id).where(self.due_clause(_NOW)).order_by(*ORDER).limit(limit)
                 .with_for_update(skip_locked=True).cte("pick"))
         claimed = (sa.update(cb).where(cb.c.id == pick.c.id)
                    .values(state=State.DIALING.value, claimed_by=sa.bindparam("operator"),
@@ -331,7 +420,7 @@ class CallbackQueue:
                       sa.cast(sa.bindparam("detail"), sa.Text))
             .order_by(claimed.c.priority.desc(), claimed.c.failures.desc(), claimed.c.triggered_at, claimed.c.id)
         ).cte("claim_events")
-        return sa.select(claimed).add_cte(events)
+        return claimed, events
 
     def _sweep_statement(self) -> Any:
         """PostgreSQL: the sweep as one statement: expired claims back to the queue, with their events."""

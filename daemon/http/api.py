@@ -95,11 +95,19 @@ def timeline(detail: CallbackDetail, show_number: bool) -> list[dict[str, Any]]:
 
 
 # -- handlers (synchronous: run in the thread pool) ----------------------------------------------
+def _json(*parts: bytes | str) -> Response:
+    """A JSON document already written (CallbackQueue.list_json, claim_json): the bytes JSONResponse would
+    send for the same dicts, without building them."""
+    return Response(b"".join(p.encode() if isinstance(p, str) else p for p in parts), media_type="application/json")
+
+
 def list_callbacks(call: Call) -> Any:
     q: ListQuery = call.query
-    items = call.services.queue.list(states=_states(q.state), due=q.due, limit=q.limit + 1, offset=q.offset,
-                                     number=q.number, kind=q.kind)
-    return _page(call, items, q.limit, q.offset)
+    items, more = call.services.queue.list_json(
+        viewer=call.user.name, show_all=call.user.is_admin, states=_states(q.state), due=q.due, limit=q.limit,
+        offset=q.offset, number=q.number, kind=q.kind)
+    return _json(b'{"items":[', items, f'],"limit":{q.limit},"offset":{q.offset},"next_offset":'
+                 f'{q.offset + q.limit if more else "null"}}}')
 
 
 def show_callback(call: Call) -> Any:
@@ -109,8 +117,7 @@ def show_callback(call: Call) -> Any:
 
 
 def claim_next(call: Call) -> Any:
-    got = call.services.queue.claim(call.user.name, call.body.count)
-    return {"items": [_cb(call, c) for c in got]}
+    return _json(b'{"items":[', call.services.queue.claim_json(call.user.name, call.body.count), b"]}")
 
 
 def claim_callback(call: Call) -> Any:

@@ -24,7 +24,7 @@ def test_sixteen_clients_share_the_pool_without_opening_more(store: Store, clock
     assert pool_size < CLIENTS
     lock = threading.Condition()
     state = {"active": 0, "peak": 0, "done": 0}
-    real_list = svc.queue.list
+    real_list = svc.queue.list_json  # what the list route calls
 
     def list_and_hold(**kw):  # type: ignore[no-untyped-def]
         with lock:
@@ -40,7 +40,7 @@ def test_sixteen_clients_share_the_pool_without_opening_more(store: Store, clock
                 state["active"] -= 1
                 state["done"] += 1
 
-    svc.queue.list = list_and_hold  # type: ignore[method-assign]
+    svc.queue.list_json = list_and_hold  # type: ignore[method-assign]
     connects: list[int] = []
     from sqlalchemy import event
 
