@@ -526,6 +526,10 @@ class BulkLoad:
                 "AND sql IS NOT NULL ORDER BY name").all()  # (the UNIQUE constraint's own index has no sql)
             for name, _sql in indexes:
                 conn.exec_driver_sql(f'DROP INDEX "{name}"')
+            # a 64 MiB page cache for the backfill's transaction (its upserts and detection reads); given back
+            # at its end, as the pool's connections live as long as the daemon
+            conn.exec_driver_sql("PRAGMA cache_size = -65536")
+            stack.callback(_reset_cache, conn)
             self._indexes = [sql for _name, sql in indexes]
             self._conn, self._stack = conn, stack.pop_all()
         return True
@@ -561,6 +565,13 @@ class BulkLoad:
         res.opened += r.opened
         res.cancelled += r.cancelled
         res.grown += r.grown
+
+
+def _reset_cache(conn: Connection) -> None:
+    from .store import SQLITE_CACHE_KIB
+
+    with contextlib.suppress(Exception):  # the connection may be going away with a rollback
+        conn.exec_driver_sql(f"PRAGMA cache_size = {SQLITE_CACHE_KIB}")
 
 
 def _merged(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

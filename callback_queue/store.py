@@ -23,6 +23,10 @@ from .errors import SchemaOutOfDate, StoreError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+#: PRAGMA cache_size of every SQLite connection (negative: KiB)
+SQLITE_CACHE_KIB = -4096
+
+
 class Store:
     """An engine plus the transaction helpers every repository uses."""
 
@@ -189,8 +193,10 @@ def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
-        # 64 MiB page cache (grown only as used): an import's random index inserts stay in memory
-        cur.execute("PRAGMA cache_size = -65536")
+        # a 4 MiB page cache per connection (SQLite's default is 2 MiB): it fills as the database grows and is
+        # never given back, so a pool of large caches is a daemon whose memory creeps up for days
+        # (bench/soak.py); a backfill raises its own connection's cache for its transaction (BulkLoad)
+        cur.execute(f"PRAGMA cache_size = {SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -127,6 +127,7 @@ def test_bulk_import_equals_the_slow_path_and_reimport_changes_nothing(year_slic
         assert bulk_commits == [first.attempts], "the import did not take the bulk path"
         assert attempts_indexes(store) == before      # dropped and built again, the same
         assert_same(dump(got_url), dump(want_url))
+        _pool_caches_are_small(store)
         again = import_file(year_slice, parser(), ing, chunk_bytes=1 << 20, workers=workers)
         assert (again.attempts, again.opened, again.cancelled) == (first.attempts, 0, 0)
         assert_same(dump(got_url), dump(want_url))
@@ -145,12 +146,22 @@ def test_a_failed_bulk_transaction_rolls_back_rows_and_index_drops(year_slice: P
             with store.read() as c:   # another connection keeps its snapshot: indexes there, no rows
                 assert c.exec_driver_sql("SELECT count(*) FROM attempts").scalar() == 0
             assert bulk._conn is not None and bulk._indexes, "the bulk path was not taken"
+            assert bulk._conn.exec_driver_sql("PRAGMA cache_size").scalar() == -65536
             raise RuntimeError("boom")
         assert attempts_indexes(store) == before
+        _pool_caches_are_small(store)
         with store.read() as c:
             assert c.exec_driver_sql("SELECT count(*) FROM attempts").scalar() == 0
     finally:
         store.dispose()
+
+
+def _pool_caches_are_small(store: Store) -> None:
+    """The backfill's big page cache is given back: pooled connections live as long as the daemon."""
+    from callback_queue.store import SQLITE_CACHE_KIB
+
+    with store.read() as c:
+        assert c.exec_driver_sql("PRAGMA cache_size").scalar() == SQLITE_CACHE_KIB == -4096
 
 
 def _cdr_row(a: tuple) -> tuple:
