@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import re
 import sys
 import tempfile
@@ -159,7 +160,8 @@ def run_pipeline(port: int, events: list[bytes], *, use_filter: bool, tmp: Path)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
-    ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CALLBACKD_SHARED") or ROOT.parent / "shared"),
+                    help="the shared/ folder (default: $CALLBACKD_SHARED, else next to the repository)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures (run_all.py)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # asterisk-ami's notifyAll (bare client)

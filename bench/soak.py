@@ -199,8 +199,30 @@ def _percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))] if s else float("nan")
 
 
+def work_the_list(work: Path, url: str, stop: threading.Event, closed: list[int], errors: list[str]) -> None:
+    """Floating agents who keep up: every 10 s they claim what is due and close it as reached (through
+    the queue's own claim and close, on the daemon's database), so the open backlog stays level, as
+    on a staffed hotline, and RSS growth measures the daemon rather than an ever longer list."""
+    from callback_queue.clock import SystemClock
+    from callback_queue.store import Store
+    from daemon.app import callback_queue
+    from daemon.settings import load_settings
+
+    store = Store(url)
+    try:
+        queue = callback_queue(load_settings(work / "callbackd.toml"), store, SystemClock())
+        while not stop.wait(10):
+            for cb in queue.claim("soak-agent", 500):
+                queue.close(cb.id, "soak-agent", "reached")
+                closed[0] += 1
+    except Exception as exc:  # noqa: BLE001 - reported with the figures
+        errors.append(f"the agents' claim/close failed: {type(exc).__name__}: {exc}")
+    finally:
+        store.dispose()
+
+
 def soak(minutes: float, warmup: float, interval: float, store: str, shared: Path, work: Path,
-         pg_url: str | None, say: Any) -> dict[str, Any]:
+         pg_url: str | None, say: Any, operators: bool = True) -> dict[str, Any]:
     import sqlalchemy as sa
 
     server = AmiTestServer().start()
@@ -249,6 +271,10 @@ def soak(minutes: float, warmup: float, interval: float, store: str, shared: Pat
 
         gen = threading.Thread(target=generate, daemon=True)
         gen.start()
+        closed = [0]
+        if operators:
+            ops = threading.Thread(target=work_the_list, args=(work, url, stop, closed, errors), daemon=True)
+            ops.start()
         t_start = time.monotonic()
         end = t_start + minutes * 60
         n = 0
@@ -319,7 +345,7 @@ def soak(minutes: float, warmup: float, interval: float, store: str, shared: Pat
         "benchmark": "soak", "store": store, "minutes": minutes, "warmup_minutes": warmup,
         "rate_visits_per_s": round(RATE, 2), "events_per_s": round(traffic.events_per_second, 1),
         "visits_sent": traffic.visits, "attempts_stored": attempts, "lost": traffic.visits - attempts,
-        "callbacks_opened": callbacks,
+        "callbacks_opened": callbacks, "callbacks_closed_by_agents": closed[0] if operators else None,
         "samples": len(samples),
         "rss_warm_mib": round(rss_warm / MIB, 1), "rss_end_mib": round(rss_end / MIB, 1),
         "rss_max_mib": round(max(s["rss"] for s in samples) / MIB, 1), "rss_growth_pct": round(growth, 2),
@@ -341,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=Path(os.environ.get("CALLBACKD_SHARED") or ROOT.parent / "shared"),
                     help="the shared/ folder (default: $CALLBACKD_SHARED, else next to the repository)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures (run_all.py)")
+    ap.add_argument("--no-agents", dest="agents", action="store_false",
+                    help="nobody works the list: the open backlog (and the daemon's working set) grows all along")
     args = ap.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(5.0, args.minutes / 3)
     if not 0 <= warmup < args.minutes:
@@ -353,13 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if args.store == "postgresql":
             with PgDatabase() as url:
-                r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, url, say)
+                r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, url, say, args.agents)
         else:
-            r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, None, say)
+            r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, None, say, args.agents)
     verdict = "PASS" if r["pass"] else "FAIL"
     print(f"soak ({r['store']}, {r['minutes']:g} min at {r['rate_visits_per_s']} visits/s = 10x Beijing's peak hour; "
           f"warm-up {r['warmup_minutes']:g} min): {r['visits_sent']:,} visits sent, {r['attempts_stored']:,} attempts "
-          f"stored (lost {r['lost']}), {r['callbacks_opened']:,} callbacks opened")
+          f"stored (lost {r['lost']}), {r['callbacks_opened']:,} callbacks opened"
+          + (", nobody working the list" if r["callbacks_closed_by_agents"] is None
+             else f", {r['callbacks_closed_by_agents']:,} closed by the agents"))
     print(f"  RSS  {r['rss_warm_mib']} MiB at the end of warm-up -> {r['rss_end_mib']} MiB at the end "
           f"({r['rss_growth_pct']:+.1f} %, max {r['rss_max_mib']} MiB)   bound: < +10 %")
     print(f"  lag  max {r['lag_max_s'] * 1000:.0f} ms, p99 {r['lag_p99_s'] * 1000:.0f} ms, median "
