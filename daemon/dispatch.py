@@ -90,7 +90,10 @@ class Dispatcher:
                 continue
             if outcome is None:
                 continue
-            self.dq.record(DialResult(cb.dial_ref, outcome, {"reconciled": True}), self.actor)
+            after = self.dq.record(DialResult(cb.dial_ref, outcome, {"reconciled": True}), self.actor)
+            if after is not None:  # the call's outcome came from asking the dialer, not from its own report
+                self.log.info("dial.ended", callback_id=cb.id, outcome=outcome.value, state=after.state.value,
+                              reconciled=True)
             done += 1
         return done
 

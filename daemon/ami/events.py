@@ -96,7 +96,10 @@ class AmiReducer:
             return None
         uid = keys.get("uniqueid")
         if not uid:
-            return None
+            if name in ("varset", "hangup", "hanguprequest"):  # e.g. a global variable's VarSet: no channel
+                return None
+            # every queue event Asterisk sends names its caller's Uniqueid: this one is broken
+            return self._reject(name, keys, "no Uniqueid: the event cannot be tied to a call")
         # values no attempt can hold are refused with a reason (the source stores a dead letter);
         # the rest of the call is still read from the events that follow
         if when is None:

@@ -109,3 +109,14 @@ def test_filter_regexes_name_every_event_needed() -> None:
     for name in ("QueueCallerJoin", "QueueCallerAbandon", "AgentConnect", "Hangup", "DialEnd", "OriginateResponse"):
         assert f"|{name}|" in event_line.replace("(", "|").replace(")", "|")
     assert "QUEUESTATUS" in varset
+
+
+def test_a_queue_event_without_uniqueid_is_refused_with_a_reason_but_a_global_varset_is_not() -> None:
+    r = AmiReducer(system="pbx", normalizer=NORM)
+    out = feed(r, [("QueueCallerJoin", {"Queue": "hotline", "CallerIDNum": "5550101"}),
+                   ("VarSet", {"Channel": "none", "Variable": "GLOBALX", "Value": "1"}),
+                   ("QueueCallerJoin", {"Queue": "hotline", "CallerIDNum": "5550102", "Uniqueid": "9.1"})])
+    assert out == []
+    [(raw, why)] = r.take_rejects()
+    assert b"5550101" in raw and "no Uniqueid" in why
+    assert list(r.legs) == ["9.1"]   # the good event after the bad one is still read
