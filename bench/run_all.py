@@ -85,10 +85,13 @@ def run_json(script: Path, args: list[str], timeout: float,
 class PgDatabase:
     """A fresh, empty PostgreSQL database for one script (dropped afterwards)."""
 
+    def __init__(self, prefix: str = "callbackd_bench") -> None:
+        self.prefix = prefix
+
     def __enter__(self) -> str:
         import sqlalchemy as sa
 
-        self.name = f"callbackd_bench_{uuid.uuid4().hex[:8]}"
+        self.name = f"{self.prefix}_{uuid.uuid4().hex[:8]}"
         self.admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
         with self.admin.connect() as c:
             c.execute(sa.text(f'CREATE DATABASE "{self.name}"'))

@@ -45,13 +45,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from run_all import PgDatabase  # noqa: E402  (bench/ is on the path: this script's own folder)
 from support.ami_server import AmiTestServer, event_packets  # noqa: E402
 
 PY = sys.executable
@@ -172,26 +172,6 @@ def _fds(pid: int) -> list[str]:
         except OSError:
             continue  # closed meanwhile
     return out
-
-
-class PgDatabase:
-    """A fresh PostgreSQL database, dropped afterwards."""
-
-    def __enter__(self) -> str:
-        import sqlalchemy as sa
-
-        self.name = f"callbackd_soak_{uuid.uuid4().hex[:8]}"
-        self.admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with self.admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
-        return sa.engine.make_url(PG_ADMIN).set(database=self.name).render_as_string(hide_password=False)
-
-    def __exit__(self, *exc: object) -> None:
-        import sqlalchemy as sa
-
-        with self.admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -380,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callbackd-soak-") as tmp:
         work = Path(tmp)
         if args.store == "postgresql":
-            with PgDatabase() as url:
+            with PgDatabase("callbackd_soak") as url:
                 r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, url, say, args.agents)
         else:
             r = soak(args.minutes, warmup, args.interval, args.store, args.shared, work, None, say, args.agents)
