@@ -31,7 +31,7 @@ def build(settings: Any, store: Any, now: datetime, *, days: int = 7, weeks: int
     for w in plan.windows:
         key = w.day.isoformat()
         day = out_days.setdefault(key, {"date": key, "type": w.day_type, "windows": []})
-        day["windows"].append({"window": f"{w.start.astimezone(tz):%H:%M}-{w.end.astimezone(tz):%H:%M}",
+        day["windows"].append({"window": f"{w.start.astimezone(tz):%H:%M}-{_end_label(w.start, w.end, tz)}",
                                "start": w.start.isoformat(), "end": w.end.isoformat(),
                                "capacity": w.capacity, "planned": per_window.get(w.start, 0)})
     return {
@@ -56,3 +56,12 @@ def window_hours(rules: Any, now: datetime) -> dict[str, list[int]]:
             hours[DAYS[local.weekday()]].add(local.hour)
             t += timedelta(minutes=30)
     return {d: sorted(h) for d, h in hours.items()}
+
+
+def _end_label(start: datetime, end: datetime, tz: Any) -> str:
+    """A window's end as configured: one that ends at the next midnight reads 24:00, not 00:00."""
+    local = end.astimezone(tz)
+    if (local.hour, local.minute) == (0, 0) and local.date() > start.astimezone(tz).date():
+        return "24:00"
+    return f"{local:%H:%M}"
+

@@ -31,3 +31,14 @@ def test_preview_over_the_api(store: Store, clock: FakeClock) -> None:
     with TestClient(app(services(store, clock, Settings()))) as client:
         r = client.get("/api/schedule/preview", headers=bearer(toks["admin"]))
         assert r.status_code == 409 and "no [schedule]" in r.json()["error"]["message"]
+
+
+def test_a_window_to_midnight_reads_24_00(store: Store, clock: FakeClock) -> None:
+    from daemon.schedule_preview import build
+
+    s = Settings.model_validate({"daemon": {"timezone": "Asia/Shanghai"},
+                                 "schedule": {"workday": ["18:00-24:00"], "restday": ["00:00-24:00"],
+                                              "holiday": ["00:00-24:00"], "capacity": {"fixed": 3},
+                                              "quiet_hours": []}})
+    labels = {w["window"] for d in build(s, store, clock.now(), days=7)["days"] for w in d["windows"]}
+    assert labels == {"18:00-24:00", "00:00-24:00"}
