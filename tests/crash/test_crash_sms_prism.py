@@ -36,7 +36,8 @@ import sqlalchemy as sa
 
 from tests.support.crash import Proc, seeded, wait_for, write_config
 from tests.support.dbcheck import TRANSIENT, read_callbacks, scalar
-from tests.support.recording_proxy import RecordingTwilioFront, prism, read_log
+from tests.support.prism import prism
+from tests.support.recording_proxy import RecordingTwilioFront, read_log
 from tests.support.unreachable import Feeder
 
 ACCOUNT = "AC" + "0" * 32

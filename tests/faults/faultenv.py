@@ -7,16 +7,12 @@ pg_ctl on a free port, so a test may restart it (or stop it) without touching th
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from callback_queue.store import Store
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.prism import free_port, prism
 
 
 # -- the daemon's log ----------------------------------------------------------------------------
@@ -150,43 +139,6 @@ class PrivatePostgres:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-
-
-# -- Prism (Twilio's OpenAPI mock) ---------------------------------------------------------------
-PRISM_DIR = ROOT / "tools" / "prism"
-PRISM = PRISM_DIR / "node_modules" / ".bin" / "prism"
-
-
-@contextlib.contextmanager
-def running_prism(workdir: Path) -> Iterator[int]:
-    """Prism serving the test copy of Twilio's spec (as tests/integration/test_twilio_prism.py starts it)."""
-    from conftest import shared_dir
-
-    if not PRISM.exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=PRISM_DIR, check=True)
-    spec = Path(os.environ.get("TWILIO_OAI_SPEC", shared_dir() / "twilio" / "twilio_api_v2010.json"))
-    test_spec = workdir / "twilio_api_v2010.test.json"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_spec.py"), str(spec), str(test_spec)], check=True)
-    port = free_port()
-    proc = subprocess.Popen([str(PRISM), "mock", str(test_spec), "-h", "127.0.0.1", "-p", str(port), "-v", "warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("Prism did not start") from None
-            time.sleep(0.1)
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 # -- fixtures (imported by the test modules: this folder has no conftest.py of its own, because a second
 # module named `conftest` would shadow tests/conftest.py for the modules that import from it) --------
 @pytest.fixture(scope="module")
@@ -202,5 +154,5 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def prism_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with running_prism(tmp_path_factory.mktemp("prism")) as port:
-        yield port
+    with prism(tmp_path_factory.mktemp("prism")) as url:
+        yield int(url.rsplit(":", 1)[1])

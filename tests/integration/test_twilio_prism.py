@@ -3,20 +3,14 @@ answer 429/500/503). Prism checks every request we send against the spec (422 wh
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ROOT, shared_dir
 from sms_support import ACCOUNT, AUTH_TOKEN, add_callback, callback_state, events, outbox, sms_rows
+from support.prism import prism
 from twilio.rest import Client
 
 from callback_queue import schema as t
@@ -31,42 +25,14 @@ from sms.senders.base import OutgoingSms
 from sms.senders.twilio import TwilioSender
 from sms.twilio_http import RedirectingTwilioHttpClient
 
-PRISM_DIR = ROOT / "tools" / "prism"
-PRISM = PRISM_DIR / "node_modules" / ".bin" / "prism"
 FROM = "+15017122661"
 CITIZEN = "+15558675310"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def prism_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if not PRISM.exists():   # a fresh clone: install the pinned Prism from package-lock.json
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=PRISM_DIR, check=True)
-    spec = Path(os.environ.get("TWILIO_OAI_SPEC", shared_dir() / "twilio" / "twilio_api_v2010.json"))
-    test_spec = tmp_path_factory.mktemp("prism") / "twilio_api_v2010.test.json"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_spec.py"), str(spec), str(test_spec)],
-                   check=True)
-    port = _free_port()
-    proc = subprocess.Popen([str(PRISM), "mock", str(test_spec), "-h", "127.0.0.1", "-p", str(port), "-v", "warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("Prism did not start") from None
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with prism(tmp_path_factory.mktemp("prism")) as url:
+        yield url
 
 
 class PreferSequence(RedirectingTwilioHttpClient):

@@ -17,8 +17,7 @@ sits between the daemon's Twilio client (`[twilio] api_base_url`) and Prism:
   connection is cut instead of answering (`p_cut`: the client cannot tell whether it was sent), or
   the request is answered 503 by Prism (`p_unavailable`, through `Prefer: code=503`: not accepted).
 
-`prism(tmp)` starts Prism on the derived test spec (tools/make_test_spec.py), as
-tests/integration/test_twilio_prism.py does.
+Prism itself is started by tests/support/prism.py.
 """
 
 from __future__ import annotations
@@ -29,12 +28,9 @@ import json
 import os
 import random
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,49 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
-PRISM_DIR = ROOT / "tools" / "prism"
-PRISM = PRISM_DIR / "node_modules" / ".bin" / "prism"
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length", "accept-encoding"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def prism(tmp: Path) -> Iterator[str]:
-    """Prism mocking Twilio's API (the derived test spec: 429/500/503 answerable); yields its base URL."""
-    from tests.conftest import shared_dir
-
-    if not PRISM.exists():   # a fresh clone: install the pinned Prism from package-lock.json
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=PRISM_DIR, check=True)
-    spec = Path(os.environ.get("TWILIO_OAI_SPEC", shared_dir() / "twilio" / "twilio_api_v2010.json"))
-    test_spec = tmp / "twilio_api_v2010.test.json"
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_test_spec.py"), str(spec), str(test_spec)],
-                   check=True)
-    port = free_port()
-    proc = subprocess.Popen([str(PRISM), "mock", str(test_spec), "-h", "127.0.0.1", "-p", str(port), "-v", "warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Prism did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
