@@ -98,12 +98,6 @@ def read_blocks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[bytes
             yield rest, offset
 
 
-def read_chunks(path: Path, chunk_bytes: int = 16 << 20) -> Iterator[tuple[list[bytes], int]]:
-    """(lines, byte offset of the first) in chunks; a last line without newline counts too."""
-    for block, offset in read_blocks(path, chunk_bytes):
-        yield block.split(b"\n"), offset
-
-
 def _positions(path: str, lines: list[bytes] | bytes, base: int) -> Callable[[], list[str]]:
     def compute() -> list[str]:
         split = lines.split(b"\n") if isinstance(lines, bytes) else lines
