@@ -3,15 +3,26 @@
 SQLite (WAL, busy timeout) is the embedded default; PostgreSQL is the
 multi-instance store. SQLite write transactions start with BEGIN IMMEDIATE so
 two writers queue on the busy timeout instead of failing on a lock upgrade.
+
+On PostgreSQL a stalled database must not hang a job until the watchdog fires (`_pg_engine`): the
+server cancels a statement after `statement_timeout` (lock waits included); TCP keepalives,
+`tcp_user_timeout` and `connect_timeout` drop a link that went silent after about `link_timeout`; and a
+server that has not answered one exchange within statement_timeout + link_timeout (frozen, or behind a
+proxy that still acknowledges every packet, where TCP sees nothing wrong) is given up on by the client.
+Each ends in an OperationalError, which `Store._translate` turns into a retryable StoreError.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import functools
+import inspect
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -30,19 +41,20 @@ SQLITE_CACHE_KIB = -4096
 class Store:
     """An engine plus the transaction helpers every repository uses."""
 
-    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5) -> None:
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5,
+                 statement_timeout: float | None = None, link_timeout: float | None = None) -> None:
+        """`statement_timeout`, `link_timeout` (seconds; None or 0: none): PostgreSQL only, see the module
+        docstring. SQLite's lock waits are bounded by `busy_timeout_ms`."""
         self.url = url
         self.dialect = sa.engine.make_url(url).get_backend_name()
+        self.statement_timeout, self.link_timeout = statement_timeout or 0.0, link_timeout or 0.0
         #: the first line of the error that made the database unusable; None once a transaction succeeds
         self.outage: str | None = None
         try:
             if self.dialect == "sqlite":
                 self.engine = _sqlite_engine(url, busy_timeout_ms)
             else:
-                self.engine = sa.create_engine(
-                    url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-                    future=True,
-                )
+                self.engine = _pg_engine(url, pool_size, self.statement_timeout, self.link_timeout)
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open store {redact_url(url)}: {exc}") from exc
 
@@ -174,6 +186,78 @@ def declared_heads() -> set[str]:
                 return set()
             below.update(ids)
     return revisions - below if below <= revisions else set()
+
+
+def link_connect_args(link_timeout: float) -> dict[str, int]:
+    """libpq parameters that notice a dead or silent link within about `link_timeout` seconds: data the
+    server's host does not acknowledge ends the connection after `tcp_user_timeout`; an idle pooled
+    connection is probed by keepalives (idle, then `count` probes `interval` apart); a connection attempt
+    gives up after `connect_timeout` (whole seconds, libpq's minimum is 2). Empty for 0: the OS defaults."""
+    if link_timeout <= 0:
+        return {}
+    return {
+        "tcp_user_timeout": max(1, round(link_timeout * 1000)),
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(link_timeout / 2)),
+        "keepalives_interval": max(1, int(link_timeout / 6)),
+        "keepalives_count": 3,
+        "connect_timeout": max(2, math.ceil(link_timeout)),
+    }
+
+
+def _pg_engine(url: str, pool_size: int, statement_timeout: float, link_timeout: float) -> Engine:
+    parsed = sa.engine.make_url(url)
+    # parameters given in the URL's query win (an operator's own tcp_user_timeout, say); `options` add up
+    connect_args: dict[str, Any] = {k: v for k, v in link_connect_args(link_timeout).items()
+                                    if k not in parsed.query}
+    if statement_timeout > 0:
+        given = parsed.query.get("options", "")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        ms = max(1, math.ceil(statement_timeout * 1000))
+        connect_args["options"] = f"{given} -c statement_timeout={ms}".strip()
+    engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                              connect_args=connect_args)
+    deadline = statement_timeout + link_timeout if statement_timeout > 0 and link_timeout > 0 else None
+    bounded = _bounded_connection() if deadline is not None and parsed.get_driver_name() == "psycopg" else None
+    if bounded is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _connect(_dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+            conn = bounded.connect(*cargs, **cparams)
+            conn.deadline = deadline
+            return conn
+
+    return engine
+
+
+@functools.cache
+def _bounded_connection() -> Any:
+    """psycopg's Connection whose every exchange with the server (execute, fetch, commit, rollback, ping:
+    they all go through `Connection.wait`) ends after `deadline` seconds: on expiry the connection is
+    closed (its protocol state is unknown) and an OperationalError raised; SQLAlchemy then sees a
+    disconnect and drops it from the pool. None if this psycopg's `wait` takes no timeout (older than 3.3)."""
+    import psycopg
+
+    params = inspect.signature(psycopg.Connection.wait).parameters
+    expired = getattr(psycopg.errors, "_WaitTimeout", None)  # what `wait` raises on its timeout (private)
+    if "timeout" not in params or "interval" not in params or expired is None:
+        return None
+
+    class BoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
+        deadline: float | None = None
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if timeout is not None or self.deadline is None:
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, self.deadline)
+            except expired as exc:
+                self.pgconn.finish()
+                raise psycopg.OperationalError(
+                    f"no answer from the database in {self.deadline:g} s (statement_timeout + link_timeout): "
+                    "the server or the link is stalled; the connection is dropped") from exc
+
+    return BoundedConnection
 
 
 def _sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:

@@ -38,7 +38,20 @@ def normalizer(s: Settings) -> Normalizer:
 
 
 def open_store(s: Settings) -> Store:
-    return Store(s.store_url, busy_timeout_ms=s.store.busy_timeout_ms, pool_size=s.store.pool_size)
+    return _open_store(s, s.store.statement_timeout.total_seconds())
+
+
+def open_bulk_store(s: Settings) -> Store:
+    """For `db upgrade` and `import`, whose statements may legitimately run long (an index over a big
+    table, a backfill's upserts): no statement timeout (and so no client-side answer deadline); the link
+    bounds still end them if the link or the server's host dies."""
+    return _open_store(s, 0)
+
+
+def _open_store(s: Settings, statement_timeout: float) -> Store:
+    st = s.store
+    return Store(s.store_url, busy_timeout_ms=st.busy_timeout_ms, pool_size=st.pool_size,
+                 statement_timeout=statement_timeout, link_timeout=st.link_timeout.total_seconds())
 
 
 def retry_policy(s: Settings) -> RetryPolicy:

@@ -68,10 +68,10 @@ def _setup_logs(obj: Ctx, quiet: bool = False) -> None:
     configure("warning" if quiet else s.daemon.log_level, s.daemon.log_format)
 
 
-def _store(obj: Ctx, require_current: bool = True) -> Any:
-    from .app import open_store
+def _store(obj: Ctx, require_current: bool = True, *, bulk: bool = False) -> Any:
+    from .app import open_bulk_store, open_store
 
-    store = open_store(obj.settings)
+    store = (open_bulk_store if bulk else open_store)(obj.settings)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(store.dispose)
@@ -127,7 +127,7 @@ def db_upgrade(obj: Ctx, revision: str) -> None:
     """Create or migrate the schema (Alembic migrations)."""
     from callback_queue.store import redact_url
 
-    store = _store(obj, require_current=False)
+    store = _store(obj, require_current=False, bulk=True)  # no statement timeout: see open_bulk_store
     before, after = store.upgrade(revision)
     if before == after:
         click.echo(f"{redact_url(store.url)}: already at {after}")
@@ -218,7 +218,7 @@ def _run_import(obj: Ctx, kind: str, files: tuple[str, ...], system: str | None)
     s = s.model_copy(update={"sources": s.sources.model_copy(update={kind: src})})
     norm = normalizer(s)
     parser = queue_log_parser(s, norm) if kind == "queue_log" else cdr_parser(s, norm)
-    store = _store(obj)
+    store = _store(obj, bulk=True)  # no statement timeout: see open_bulk_store
     ingestor = Ingestor(store, SystemClock(), detect_rules(s))
     total = {"lines": 0, "attempts": 0, "dead_letters": 0, "opened": 0, "cancelled": 0}
     for name in files:

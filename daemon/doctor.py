@@ -38,7 +38,8 @@ def database(s: Any) -> Iterator[Result]:
 
     url = redact_url(s.store_url)
     try:
-        store = Store(s.store_url, busy_timeout_ms=5000)
+        store = Store(s.store_url, busy_timeout_ms=5000, statement_timeout=s.store.statement_timeout.total_seconds(),
+                      link_timeout=s.store.link_timeout.total_seconds())
         try:
             current, heads = store.current_heads(), store.script_heads()
             if current != heads:

@@ -65,6 +65,9 @@ class Leadership:
             "options": f"-c idle_session_timeout={ms}",
             "keepalives": 1, "keepalives_idle": max(1, ms // 3000), "keepalives_interval": 1,
             "keepalives_count": 3,
+            # data the server's host does not acknowledge within the lease ends the session (a link dropping
+            # packets): the lock is the server's to drop then anyway; a connection attempt gives up as soon
+            "tcp_user_timeout": ms, "connect_timeout": max(2, -(-ms // 1000)),
         })
         self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 

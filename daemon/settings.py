@@ -121,6 +121,39 @@ class StoreSettings(_Section):
                                                       "(or the credential store_url)")
     busy_timeout_ms: int = Field(default=30_000, ge=0, description="SQLite: how long a writer waits for the lock")
     pool_size: int = Field(default=5, ge=1, description="PostgreSQL connections per daemon")
+    statement_timeout: Duration = Field(
+        default=timedelta(seconds=30),
+        description="PostgreSQL only: the server cancels a daemon statement running longer, waits for locks "
+        "included, and the job retries at its next tick; 0 disables; `db upgrade` and `import` run without it "
+        "(SQLite: busy_timeout_ms bounds its lock waits)",
+    )
+    link_timeout: Duration = Field(
+        default=timedelta(seconds=20),
+        description="PostgreSQL only: a connection whose link or server went silent is dropped after about "
+        "this long (TCP keepalives, tcp_user_timeout, connect_timeout), and one exchange that outlasts "
+        "statement_timeout + this is given up on; 0: the OS's TCP defaults and no such bound",
+    )
+
+    @field_validator("statement_timeout", "link_timeout", mode="before")
+    @classmethod
+    def _zero(cls, v: Any) -> Any:
+        return 0 if isinstance(v, str) and v.strip() == "0" else v  # "0" (no unit): off
+
+    @field_validator("statement_timeout")
+    @classmethod
+    def _statement_timeout(cls, v: timedelta) -> timedelta:
+        if v > timedelta(milliseconds=2**31 - 1):
+            raise ValueError("PostgreSQL takes at most 24d (2147483647 ms)")
+        return v
+
+    @field_validator("link_timeout")
+    @classmethod
+    def _link_timeout(cls, v: timedelta) -> timedelta:
+        if timedelta(0) < v < timedelta(seconds=1):
+            raise ValueError("must be 0 (off) or at least 1s: a shorter TCP timeout drops healthy connections")
+        if v > timedelta(milliseconds=2**31 - 1):
+            raise ValueError("at most 24d (2147483647 ms)")
+        return v
 
     @model_validator(mode="before")
     @classmethod
