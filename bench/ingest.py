@@ -11,6 +11,11 @@ and prints both and their ratio. Target: import ≤ 6× bare on SQLite.
 
 Other processes share the cores (the figure is wall time): the CPU time of this
 process, of the import's parse worker and the load average are printed too.
+It also times the floor no parser can go under: the same rows, read back from
+the imported database, stored into a fresh one with the import's own bulk
+statements (secondary indexes dropped and built once, one commit) and nothing
+else: no parsing, normalizing or detection.
+
 --phases also times each phase alone, in this process, one after the other:
 read, parse (QueueLogParser.feed_rows), store (BulkLoad.add: the rows, no
 secondary index), finish (the indexes built once, detection, commit).
@@ -101,6 +106,43 @@ def phases(path: Path, url: str) -> dict[str, float]:
     return out
 
 
+def store_floor(imported_url: str, url: str) -> float:
+    """Seconds to store the imported rows into a fresh database of the same schema, as the bulk load
+    does (one transaction, secondary indexes dropped and built once), from Python tuples in memory."""
+
+    from callback_queue.ingest import COLUMNS, INSERT_SQL
+    from callback_queue.store import Store
+
+    src = Store(imported_url)
+    with src.read() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql(f"SELECT {', '.join(COLUMNS)} FROM attempts ORDER BY id")]
+    src.dispose()
+    store = Store(url)
+    store.upgrade()
+    raw = store.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        indexes = cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' "
+                              "AND sql IS NOT NULL").fetchall()
+        raw.commit()
+        t = time.perf_counter()
+        cur.execute("BEGIN IMMEDIATE")
+        for name, _sql in indexes:
+            cur.execute(f'DROP INDEX "{name}"')
+        cur.execute("PRAGMA cache_size = -65536")
+        for i in range(0, len(rows), 20_000):
+            cur.executemany(INSERT_SQL, rows[i:i + 20_000])
+        cur.execute("PRAGMA cache_size = -4096")
+        for _name, sql in indexes:
+            cur.execute(sql)
+        raw.commit()
+        elapsed = time.perf_counter() - t
+    finally:
+        raw.close()
+    store.dispose()
+    return elapsed
+
+
 def full_import(path: Path, url: str) -> tuple[float, float, float, dict]:
     from callback_queue.clock import SystemClock
     from callback_queue.ingest import Ingestor
@@ -133,9 +175,12 @@ def main() -> int:
         url = f"sqlite:///{tmp}/bench.db" if args.store == "sqlite" else args.store
         b, b_cpu = bare(path)
         f, cpu, worker, stats = full_import(path, url)
+        floor = store_floor(url, f"sqlite:///{tmp}/floor.db") if args.store == "sqlite" else None
         split = phases(path, f"sqlite:///{tmp}/phases.db") if args.phases else {}
     result = {"benchmark": "ingest", "file": path.name, "bytes": path.stat().st_size, **stats,
               "bare_s": round(b, 3), "import_s": round(f, 3), "ratio": round(f / b, 2), "target_ratio": 6.0,
+              "store_floor_s": round(floor, 3) if floor is not None else None,
+              "store_floor_ratio": round(floor / b, 2) if floor is not None else None,
               "bare_cpu_s": round(b_cpu, 3), "import_cpu_s": round(cpu, 3), "parse_worker_cpu_s": round(worker, 3),
               "phases_cpu_s": {k: round(v, 3) for k, v in split.items()},
               "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -150,6 +195,9 @@ def main() -> int:
         print(f"full import     {f:.3f} s  ({result['store']}; CPU {cpu:.3f} s here, {worker:.3f} s in the parse "
               "worker)")
         print(f"ratio           {f / b:.2f}x  (target <= 6x)   load average {result['loadavg_1m']}")
+        if floor is not None:
+            print(f"store floor     {floor:.3f} s = {floor / b:.2f}x  (the same rows stored alone, from memory: "
+                  "SQLite's part, which no parser removes)")
         if split:
             print("phases (CPU s)  " + "  ".join(f"{k} {v:.3f}" for k, v in split.items())
                   + f"   (sum {sum(split.values()) / b_cpu:.2f}x the bare CPU)")
