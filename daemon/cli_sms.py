@@ -130,7 +130,8 @@ def followups_import(obj: Ctx, file: str) -> None:
     """Import follow-ups from CSV (header: number,request_id[,due_at,priority]); repeating is safe."""
     from sms.followups import Followups
 
-    rep = Followups(_store(obj), _clock(), _normalize(obj)).import_csv(Path(file))
+    # a large file is one long transaction: no statement timeout (see open_bulk_store)
+    rep = Followups(_store(obj, bulk=True), _clock(), _normalize(obj)).import_csv(Path(file))
     click.echo(f"{file}: {len(rep.created)} created, {rep.duplicates} already there, {len(rep.refused)} refused")
     for line, why in rep.refused:
         click.echo(f"  line {line}: {why}", err=True)
