@@ -132,7 +132,8 @@ def store_floor(imported_url: str, url: str) -> float:
         cur.execute("PRAGMA cache_size = -65536")
         for i in range(0, len(rows), 20_000):
             cur.executemany(INSERT_SQL, rows[i:i + 20_000])
-        cur.execute("PRAGMA cache_size = -4096")
+        cur.execute("PRAGMA cache_size = -1024")  # as BulkLoad builds them: 1 MiB sort runs, two helper threads
+        cur.execute("PRAGMA threads = 2")
         for _name, sql in indexes:
             cur.execute(sql)
         raw.commit()

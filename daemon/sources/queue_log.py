@@ -106,7 +106,9 @@ class QueueLogParser:
         on its verb; the usual shapes of ENTERQUEUE, CONNECT, ABANDON and EXITWITHTIMEOUT
         build their row right here, verbs that never open or close a visit are skipped without
         building anything. Anything else goes through `feed`, which decides alone what is
-        malformed (tests/unit/test_queue_log.py checks all three paths agree).
+        malformed (tests/unit/test_queue_log.py checks all three paths agree). The rows of one
+        batch share one str object per queue name (marshal, the parse worker's hand-off, sends a
+        repeated object once).
 
         `lines` may also be one block of bytes, the lines joined by "\n" (a file's chunk as
         read: an ASCII block is never split into a million bytes objects).
@@ -131,6 +133,8 @@ class QueueLogParser:
         system = self.system
         slow = self.feed
         verbs = _FAST_VERBS
+        names: dict[str, str] = {}  # queue name -> its first str object in this batch
+        same = names.setdefault
         for i, text in enumerate(texts):
             f = text.split("|")
             if len(f) >= 5:
@@ -144,7 +148,8 @@ class QueueLogParser:
                         if kind == _ENTER:
                             d2 = f[7]
                             if (not d2 or d2.isdigit()) and len(pending) < MAX_PENDING:
-                                visit = [int(t), f[6], f[2]]
+                                q = f[2]
+                                visit = [int(t), f[6], same(q, q)]
                                 if pending.setdefault(callid, visit) is visit:
                                     continue
                         else:
@@ -158,7 +163,8 @@ class QueueLogParser:
                                 else:
                                     wait, outcome, reason = int(d2), "failed", FAILURE_VERBS[f[4]]
                                 if visit is None:
-                                    enter_ts, caller, queue = ts - wait, None, f[2]
+                                    q = f[2]
+                                    enter_ts, caller, queue = ts - wait, None, same(q, q)
                                 else:
                                     enter_ts, caller, queue = visit
                                 add((system, callid, caller or None, normalize(caller) if caller else None,

@@ -8,6 +8,8 @@ to `QueueLogParser.feed`, stored as small `Ingestor.ingest` batches.
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ import callback_queue.ingest as ingest_mod
 from callback_queue.attempts import Attempt, DeadLetter, Origin, Outcome
 from callback_queue.clock import FakeClock
 from callback_queue.detection import DetectRules
-from callback_queue.ingest import Ingestor, plain_row
+from callback_queue.ingest import TIME_INDEX, BulkLoad, Ingestor, plain_row
 from callback_queue.numbers import normalizer_from
 from callback_queue.store import Store
 from daemon.sources.pipeline import ParseWorkerError, import_file, read_blocks
@@ -162,6 +164,94 @@ def _pool_caches_are_small(store: Store) -> None:
 
     with store.read() as c:
         assert c.exec_driver_sql("PRAGMA cache_size").scalar() == SQLITE_CACHE_KIB == -4096
+        assert c.exec_driver_sql("PRAGMA threads").scalar() == 0  # the index builds' sort helpers
+
+
+def test_a_worker_import_equals_an_in_process_import_row_for_row(year_slice: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    """The parse worker's path (rows marshal'ed over, the time index kept through the load, no cyclic GC
+    while the rows stream) stores what parsing and storing in one process stores: the same attempts,
+    ids and all, in the same order; the same dead letters and callbacks."""
+    kept: list[bool] = []
+    begin = BulkLoad._begin
+
+    def recorded(self: BulkLoad, expected: int) -> bool:
+        kept.append(self.keep_time_index)
+        return begin(self, expected)
+
+    monkeypatch.setattr(BulkLoad, "_begin", recorded)
+    got = []
+    for workers in (0, 1):
+        url = sqlite_url(tmp_path, f"workers{workers}.db")
+        store = Store(url)
+        try:
+            before = attempts_indexes(store)
+            stats = import_file(year_slice, parser(), Ingestor(store, FakeClock(NOW), RULES), chunk_bytes=1 << 20,
+                                workers=workers)
+            assert attempts_indexes(store) == before
+            with store.read() as c:
+                attempts = [tuple(r) for r in c.exec_driver_sql("SELECT * FROM attempts ORDER BY id")]
+                dead = [tuple(r) for r in c.exec_driver_sql("SELECT * FROM dead_letters ORDER BY id")]
+        finally:
+            store.dispose()
+        got.append((stats, attempts, dead, dump(url)))
+    assert kept == [False, True]
+    assert len(got[0][1]) == got[0][0].attempts > 20_000 and len(got[0][2]) == 2
+    assert got[1][:3] == got[0][:3]
+    assert_same(got[1][3], got[0][3])
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_bulk_load_may_keep_the_time_index(year_slice: Path, tmp_path: Path, keep: bool):
+    store = Store(sqlite_url(tmp_path, "k.db"))
+    try:
+        before = attempts_indexes(store)
+        assert TIME_INDEX in {name for name, _ in before}
+        rows, _ = parser().feed_rows(next(read_blocks(year_slice))[0])
+        with BulkLoad(Ingestor(store, FakeClock(NOW), RULES), keep_time_index=keep) as bulk:
+            bulk.add(rows, more=100_000)
+            assert bulk._conn is not None, "the bulk path was not taken"
+            during = {name for (name,) in bulk._conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' AND sql IS NOT NULL")}
+            assert during == ({TIME_INDEX} if keep else set())
+        assert attempts_indexes(store) == before
+        _pool_caches_are_small(store)
+        with store.read() as c:  # the index kept through the load answers like a built one
+            assert c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            assert c.exec_driver_sql(f"SELECT count(*) FROM attempts INDEXED BY {TIME_INDEX} WHERE started_ts > 0"
+                                     ).scalar() == len(rows)
+    finally:
+        store.dispose()
+
+
+def test_an_import_gives_the_garbage_collector_back(year_slice: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """The worker path pauses cyclic GC here while the rows stream in; it is as it was after the import,
+    also when storing a batch fails (and the worker is gone then, too)."""
+    store = Store(sqlite_url(tmp_path, "gc.db"))
+    try:
+        ing = Ingestor(store, FakeClock(NOW), RULES)
+        assert gc.isenabled()
+        import_file(year_slice, parser(), ing, chunk_bytes=1 << 20, workers=1)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            import_file(year_slice, parser(), ing, chunk_bytes=1 << 20, workers=1)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+        def fail(self: BulkLoad, rows: object, dead: object = (), *, more: int = 0) -> None:
+            assert not gc.isenabled()
+            raise RuntimeError("the store broke")
+
+        monkeypatch.setattr(BulkLoad, "add", fail)
+        with pytest.raises(RuntimeError, match="the store broke"):
+            import_file(year_slice, parser(), ing, chunk_bytes=1 << 20, workers=1)
+        assert gc.isenabled()
+        assert multiprocessing.active_children() == []
+    finally:
+        store.dispose()
 
 
 def _cdr_row(a: tuple) -> tuple:

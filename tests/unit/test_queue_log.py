@@ -179,3 +179,23 @@ def test_rows_from_a_block_equal_the_attempts_line_by_line(items):
     assert [(lines[i], d.raw, d.reason) for i, d in dead] == [
         (r.raw, r.raw, r.reason) for r in slow if isinstance(r, DeadLetter)]
     assert one.pending == two.pending
+
+
+def test_the_rows_of_a_block_share_one_object_per_queue_name():
+    """marshal (the parse worker's hand-off) writes an object it has seen as a 5-byte reference."""
+    import marshal
+
+    lines = []
+    for i in range(200):
+        t, q = 1_700_000_000 + 60 * i, ("hotline", "sales")[i % 2]
+        if i % 10:
+            lines.append(f"{t}|u.{i}|{q}|NONE|ENTERQUEUE||1381234{i:04d}|1")
+        lines.append(f"{t + 9}|u.{i}|{q}|NONE|{'CONNECT|9|u.x|1' if i % 3 else 'ABANDON|1|1|9'}")  # some with no ENTER
+    rows, dead = parser().feed_rows("\n".join(lines).encode())
+    assert dead == [] and len(rows) == 200
+    assert {r[9] for r in rows} == {"hotline", "sales"}
+    assert len({id(r[9]) for r in rows}) == 2
+    assert marshal.loads(marshal.dumps(rows)) == rows
+    assert rows == [(a.system, a.call_id, a.caller, a.number, a.started_ts, a.ended_ts, a.outcome.value, a.reason,
+                     a.wait_seconds, a.queue, a.origin.value, a.origin.rank)
+                    for a in feed_all(parser(), lines) if isinstance(a, Attempt)]
