@@ -110,7 +110,7 @@ def store_floor(imported_url: str, url: str) -> float:
     """Seconds to store the imported rows into a fresh database of the same schema, as the bulk load
     does (one transaction, secondary indexes dropped and built once), from Python tuples in memory."""
 
-    from callback_queue.ingest import COLUMNS, INSERT_SQL
+    from callback_queue.ingest import BULK_CACHE_KIB, COLUMNS, INSERT_SQL, build_indexes, drop_attempt_indexes
     from callback_queue.store import Store
 
     src = Store(imported_url)
@@ -119,27 +119,14 @@ def store_floor(imported_url: str, url: str) -> float:
     src.dispose()
     store = Store(url)
     store.upgrade()
-    raw = store.engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        indexes = cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' "
-                              "AND sql IS NOT NULL").fetchall()
-        raw.commit()
-        t = time.perf_counter()
-        cur.execute("BEGIN IMMEDIATE")
-        for name, _sql in indexes:
-            cur.execute(f'DROP INDEX "{name}"')
-        cur.execute("PRAGMA cache_size = -65536")
+    t = time.perf_counter()
+    with store.write() as conn:
+        indexes = drop_attempt_indexes(conn)
+        conn.exec_driver_sql(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
         for i in range(0, len(rows), 20_000):
-            cur.executemany(INSERT_SQL, rows[i:i + 20_000])
-        cur.execute("PRAGMA cache_size = -1024")  # as BulkLoad builds them: 1 MiB sort runs, two helper threads
-        cur.execute("PRAGMA threads = 2")
-        for _name, sql in indexes:
-            cur.execute(sql)
-        raw.commit()
-        elapsed = time.perf_counter() - t
-    finally:
-        raw.close()
+            conn.exec_driver_sql(INSERT_SQL, rows[i:i + 20_000])
+        build_indexes(conn, indexes)
+    elapsed = time.perf_counter() - t
     store.dispose()
     return elapsed
 

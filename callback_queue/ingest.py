@@ -202,9 +202,9 @@ class Ingestor:
         self._analyze_after(len(batch))
         return result
 
-    def bulk(self) -> BulkLoad:
-        """Many batches of a backfill in as few transactions as is safe; see `BulkLoad`."""
-        return BulkLoad(self)
+    def bulk(self, **options: Any) -> BulkLoad:
+        """Many batches of a backfill in as few transactions as is safe; see `BulkLoad` (and its options)."""
+        return BulkLoad(self, **options)
 
     def _analyze_after(self, rows: int) -> None:
         self._since_analyze += rows
@@ -530,17 +530,11 @@ class BulkLoad:
             conn = stack.enter_context(ing.store.write())
             if (conn.exec_driver_sql("SELECT max(id) FROM attempts").scalar() or 0) > expected:
                 return False
-            indexes = conn.exec_driver_sql(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' "
-                "AND sql IS NOT NULL AND name <> ? ORDER BY name",  # (the UNIQUE constraint's own index has no sql)
-                (TIME_INDEX if self.keep_time_index else "",)).all()
-            for name, _sql in indexes:
-                conn.exec_driver_sql(f'DROP INDEX "{name}"')
+            self._indexes = drop_attempt_indexes(conn, keep=TIME_INDEX if self.keep_time_index else "")
             # a 64 MiB page cache for the backfill's transaction (its upserts and detection reads); given back
             # at its end, as the pool's connections live as long as the daemon
-            conn.exec_driver_sql("PRAGMA cache_size = -65536")
+            conn.exec_driver_sql(f"PRAGMA cache_size = {BULK_CACHE_KIB}")
             stack.callback(_reset_cache, conn)
-            self._indexes = [sql for _name, sql in indexes]
             self._conn, self._stack = conn, stack.pop_all()
         return True
 
@@ -549,20 +543,7 @@ class BulkLoad:
         assert conn is not None and stack is not None
         part = IngestResult()
         with stack:
-            if self._indexes:
-                # SQLite sorts the keys in runs of at most the page cache and merges them; helper threads
-                # sort runs while the next ones fill (a parse worker is done by now: its core is free).
-                # 400,000 rows' (number, started_ts) keys: 0.17 s in 4 MiB runs without helpers, 0.12 s in
-                # 1 MiB runs with two (4 MiB runs with two: 0.15 s)
-                size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-                conn.exec_driver_sql("PRAGMA cache_size = -1024")
-                conn.exec_driver_sql("PRAGMA threads = 2")
-                try:
-                    for sql in self._indexes:
-                        conn.exec_driver_sql(sql)
-                finally:
-                    conn.exec_driver_sql("PRAGMA threads = 0")  # SQLite's default, as pooled connections had it
-                    conn.exec_driver_sql(f"PRAGMA cache_size = {int(size)}")
+            build_indexes(conn, self._indexes)
             ing._detect(conn, self._touched, self._recent, ing.clock.now(), part)
         self._stack = self._conn = None
         rows, self._rows = self._rows, 0
@@ -579,6 +560,41 @@ class BulkLoad:
         res.opened += r.opened
         res.cancelled += r.cancelled
         res.grown += r.grown
+
+
+#: SQLite page cache (KiB, negative) of a backfill's transaction
+BULK_CACHE_KIB = -65536
+
+
+def drop_attempt_indexes(conn: Connection, keep: str = "") -> list[str]:
+    """SQLite: drop the attempts' secondary indexes (not the UNIQUE constraint's, which has no sql, nor
+    `keep`) inside the caller's transaction; returns their CREATE statements for `build_indexes`."""
+    indexes = conn.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts' "
+        "AND sql IS NOT NULL AND name <> ? ORDER BY name", (keep,)).all()
+    for name, _sql in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{name}"')
+    return [sql for _name, sql in indexes]
+
+
+def build_indexes(conn: Connection, statements: Sequence[str]) -> None:
+    """SQLite: run CREATE INDEX statements as a backfill does, the connection's settings given back after.
+
+    SQLite sorts the keys in runs of at most the page cache and merges them; helper threads sort runs
+    while the next ones fill (a parse worker is done by now: its core is free). 400,000 rows'
+    (number, started_ts) keys: 0.17 s in 4 MiB runs without helpers, 0.12 s in 1 MiB runs with two
+    (4 MiB runs with two: 0.15 s)."""
+    if not statements:
+        return
+    size = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+    conn.exec_driver_sql("PRAGMA cache_size = -1024")
+    conn.exec_driver_sql("PRAGMA threads = 2")
+    try:
+        for sql in statements:
+            conn.exec_driver_sql(sql)
+    finally:
+        conn.exec_driver_sql("PRAGMA threads = 0")  # SQLite's default, as pooled connections had it
+        conn.exec_driver_sql(f"PRAGMA cache_size = {int(size)}")
 
 
 def _reset_cache(conn: Connection) -> None:

@@ -48,10 +48,16 @@ def open_bulk_store(s: Settings) -> Store:
     return _open_store(s, 0)
 
 
-def _open_store(s: Settings, statement_timeout: float) -> Store:
+def _open_store(s: Settings, statement_timeout: float, busy_timeout_ms: int | None = None) -> Store:
     st = s.store
-    return Store(s.store_url, busy_timeout_ms=st.busy_timeout_ms, pool_size=st.pool_size,
-                 statement_timeout=statement_timeout, link_timeout=st.link_timeout.total_seconds())
+    return Store(s.store_url, busy_timeout_ms=st.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms,
+                 pool_size=st.pool_size, statement_timeout=statement_timeout,
+                 link_timeout=st.link_timeout.total_seconds())
+
+
+def open_check_store(s: Settings) -> Store:
+    """For `doctor`: the daemon's bounds, and a SQLite lock wait short enough to report on."""
+    return _open_store(s, s.store.statement_timeout.total_seconds(), busy_timeout_ms=5000)
 
 
 def retry_policy(s: Settings) -> RetryPolicy:

@@ -34,12 +34,13 @@ def check(fn: Check) -> Check:
 @check
 def database(s: Any) -> Iterator[Result]:
     from callback_queue.errors import CallbackdError
-    from callback_queue.store import Store, redact_url
+    from callback_queue.store import redact_url
+
+    from .app import open_check_store
 
     url = redact_url(s.store_url)
     try:
-        store = Store(s.store_url, busy_timeout_ms=5000, statement_timeout=s.store.statement_timeout.total_seconds(),
-                      link_timeout=s.store.link_timeout.total_seconds())
+        store = open_check_store(s)
         try:
             current, heads = store.current_heads(), store.script_heads()
             if current != heads:

@@ -8,6 +8,7 @@ PostgreSQL half of the suite fails — it is never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -128,7 +129,14 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     request.getfixturevalue("pg_database")  # makes sure the server is up
-    name = f"callbackd_empty_{uuid.uuid4().hex[:10]}"
+    with throwaway_pg_database("callbackd_empty") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def throwaway_pg_database(prefix: str) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database of its own, dropped (connections and all) at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as c:

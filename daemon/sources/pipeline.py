@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from callback_queue.attempts import Attempt, DeadLetter
-from callback_queue.ingest import BulkLoad, CursorWrite, Ingestor, IngestResult, load_cursor, plain_row
+from callback_queue.ingest import CursorWrite, Ingestor, IngestResult, load_cursor, plain_row
 
 from .tail import FileTail, TailPosition
 
@@ -143,7 +143,7 @@ def import_file(path: Path, parser: Any, ingestor: Ingestor, *, chunk_bytes: int
     chunks = (_parse_in_worker(path, parser, min(chunk_bytes, 4 << 20)) if forked
               else _parse_here(path, parser, chunk_bytes))
     # (closing: a failed batch ends the worker, and gives the collector back, right away)
-    with contextlib.closing(chunks), BulkLoad(ingestor, keep_time_index=forked) as bulk:
+    with contextlib.closing(chunks), ingestor.bulk(keep_time_index=forked) as bulk:
         for rows, dead, base, size, lines in chunks:
             stats.lines += lines
             stats.attempts += len(rows)

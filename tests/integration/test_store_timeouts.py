@@ -18,7 +18,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from callback_queue.errors import ConfigError, StoreError
 from callback_queue.store import Store
 from daemon.app import open_bulk_store, open_store
 from daemon.settings import StoreSettings, load_settings
-from tests.conftest import PG_ADMIN, _truncate_pg
+from tests.conftest import _truncate_pg, throwaway_pg_database
 
 #: a wait a statement would sit in without the timeout; the assertions only need it far above the bounds
 LONG = 60
@@ -50,16 +49,8 @@ def pg_url(pg_database: str) -> str:
 @pytest.fixture
 def new_database() -> Iterator[str]:
     """An empty PostgreSQL database of this test's own."""
-    name = f"callbackd_timeouts_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        yield sa.engine.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_pg_database("callbackd_timeouts") as url:
+        yield url
 
 
 class Holder:
@@ -89,6 +80,21 @@ def lock_waiters(url: str, at_least_s: float) -> list[int]:
                 {"s": at_least_s}).scalars())
     finally:
         eng.dispose()
+
+
+def waits_behind(holder: Holder, url: str, cfg: Path, *args: str) -> str:
+    """`callbackd ARGS`, started while `holder` keeps its lock: it is still there after waiting 2 s on the
+    lock (by the server's clock); the lock released, it succeeds. Its standard output."""
+    try:
+        proc = subprocess.Popen([*CALLBACKD, "--config", str(cfg), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        assert wait_for(lambda: lock_waiters(url, 2.0) or proc.poll() is not None, 60, interval=0.3)
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        holder.release()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -238,7 +244,6 @@ def test_import_waits_behind_a_lock_longer_than_the_daemons_statement_timeout(pg
     qlog = tmp_path / "queue_log"
     qlog.write_text("\n".join(queue_log_lines(7, 200, start_ts=int(time.time()) - 86400)) + "\n")
     holder = Holder(pg_url, "LOCK TABLE attempts IN ACCESS EXCLUSIVE MODE")
-    proc = None
     try:
         daemon_store = open_store(settings)  # the daemon's store gives up behind the lock...
         try:
@@ -252,15 +257,11 @@ def test_import_waits_behind_a_lock_longer_than_the_daemons_statement_timeout(pg
                 assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "0"
         finally:
             bulk.dispose()
-        # ...the import, with the same configuration, waits (4x the timeout, by the server's clock)
-        proc = subprocess.Popen([*CALLBACKD, "--config", str(cfg), "import", "queue-log", str(qlog)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        assert wait_for(lambda: lock_waiters(pg_url, 2.0) or proc.poll() is not None, 60, interval=0.3)
-        assert proc.poll() is None, proc.communicate()
-    finally:
+    except BaseException:
         holder.release()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+        raise
+    # ...the import, with the same configuration, waits (4x the timeout, by the server's clock)
+    out = waits_behind(holder, pg_url, cfg, "import", "queue-log", str(qlog))
     assert " attempts" in out, out
     eng = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     try:
@@ -275,15 +276,7 @@ def test_db_upgrade_waits_behind_a_lock_longer_than_the_statement_timeout(new_da
     cfg.write_text(cfg.read_text().replace("[store]\n", '[store]\nstatement_timeout = "0.5s"\n'))
     # another session creating alembic_version, uncommitted: the migration's own CREATE TABLE waits for it
     holder = Holder(new_database, "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-    try:
-        proc = subprocess.Popen([*CALLBACKD, "--config", str(cfg), "db", "upgrade"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        assert wait_for(lambda: lock_waiters(new_database, 2.0) or proc.poll() is not None, 60, interval=0.3)
-        assert proc.poll() is None, proc.communicate()
-    finally:
-        holder.release()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    waits_behind(holder, new_database, cfg, "db", "upgrade")
     store = Store(new_database)
     try:
         store.require_current()
