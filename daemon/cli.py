@@ -220,18 +220,33 @@ def _run_import(obj: Ctx, kind: str, files: tuple[str, ...], system: str | None)
     parser = queue_log_parser(s, norm) if kind == "queue_log" else cdr_parser(s, norm)
     store = _store(obj, bulk=True)  # no statement timeout: see open_bulk_store
     ingestor = Ingestor(store, SystemClock(), detect_rules(s))
-    total = {"lines": 0, "attempts": 0, "dead_letters": 0, "opened": 0, "cancelled": 0}
+    total = dict.fromkeys(_IMPORT_COUNTS, 0)
     for name in files:
         path = Path(name)
         if not path.is_file():
             raise click.ClickException(f"{name}: no such file")
         stats = _import_one(path, parser, ingestor, import_file)
-        for k in total:
-            total[k] += getattr(stats, k)
-        click.echo(f"{name}: {stats.lines} lines, {stats.attempts} attempts, {stats.dead_letters} dead letters, "
-                   f"{stats.opened} callbacks opened, {stats.cancelled} cancelled")
+        for k, v in _import_counts(stats).items():
+            total[k] += v
+        click.echo(f"{name}: {_import_summary(_import_counts(stats))}")
     if len(files) > 1:
-        click.echo("total: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in total.items()))
+        click.echo(f"total: {_import_summary(total)}")
+
+
+_IMPORT_COUNTS = ("lines", "attempts", "dead_letters", "opened", "cancelled")
+
+
+def _import_counts(stats: Any) -> dict[str, int]:
+    return {k: getattr(stats, k) for k in _IMPORT_COUNTS}
+
+
+def _import_summary(n: dict[str, int]) -> str:
+    """One import's counts, e.g. `1,093,085 lines, 401,840 attempts, 0 dead letters, 1 callback opened, 0 cancelled`."""
+    def count(k: str, one: str, many: str) -> str:
+        return f"{n[k]:,} {one if n[k] == 1 else many}"
+    return ", ".join((count("lines", "line", "lines"), count("attempts", "attempt", "attempts"),
+                      count("dead_letters", "dead letter", "dead letters"),
+                      count("opened", "callback opened", "callbacks opened"), f"{n['cancelled']:,} cancelled"))
 
 
 def _import_one(path: Path, parser: Any, ingestor: Any, import_file: Any) -> Any:

@@ -290,8 +290,12 @@ class TailRunner:
             stats.dead_letters += len(dead)
             stats.add(result)
             if self.log is not None and (lines or dead):
-                self.log.info("source.batch", source=self.name, lines=len(lines), attempts=len(attempts),
-                              dead_letters=len(dead), opened=len(result.opened), cancelled=len(result.cancelled))
+                # a batch that changed the queue or lost input is news; routine ones are there at debug
+                # level (the hotline's every call would otherwise be a line: metrics count them)
+                notable = dead or result.opened or result.cancelled
+                (self.log.info if notable else self.log.debug)(
+                    "source.batch", source=self.name, lines=len(lines), attempts=len(attempts),
+                    dead_letters=len(dead), opened=len(result.opened), cancelled=len(result.cancelled))
                 for cid in result.opened:
                     self.log.info("callback.opened", source=self.name, callback_id=cid)
             if not lines:
