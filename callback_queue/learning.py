@@ -108,14 +108,18 @@ def learn_windows(store: Store, clock: Clock, base: ScheduleRules, *, weeks: int
     demand = callbacks_per_weekday(store, base.tz, since, until)
     per_hour = base.capacity.of(timedelta(hours=1))
     chosen: dict[str, list[int]] = {}
-    lines = [f"learned from {weeks} weeks of calls ({since:%Y-%m-%d} to {until:%Y-%m-%d}); "
+    allowed_hours = [h for h in range(24) if _allowed(h, allowed)]
+    lines = [f"learned from {weeks} weeks of calls ({since.astimezone(base.tz):%Y-%m-%d} to "
+             f"{until.astimezone(base.tz):%Y-%m-%d}, {base.tz}); "
              f"capacity {per_hour} callbacks per hour; allowed {', '.join(map(str, allowed))}"]
     for day in DAYS:
         hours = choose_hours(volume[day], allowed, per_hour, demand[day], min_hours)
         chosen[day] = hours
         detail = ", ".join(f"{h:02d}:00 ({volume[day][h]:.1f}/h)" for h in hours)
-        lines.append(f"{day}: {detail} — {len(hours) * per_hour} callbacks of room for "
-                     f"{demand[day]:.1f} expected; busiest allowed hour has {max(volume[day]):.1f}/h")
+        busiest = max(allowed_hours, key=lambda h: (volume[day][h], -h), default=None)
+        lines.append(f"{day}: {detail} — {len(hours) * per_hour} callbacks of room for {demand[day]:.1f} expected"
+                     + (f"; busiest allowed hour {busiest:02d}:00 has {volume[day][busiest]:.1f}/h"
+                        if busiest is not None else "; no whole hour is allowed"))
     weekdays = {day: _ranges(hours) for day, hours in chosen.items()}
     rules = replace(base, workday=weekdays["mon"], restday=weekdays["sun"], weekdays=weekdays)
     return Learned(rules, volume, demand, chosen, lines)

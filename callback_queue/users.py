@@ -38,6 +38,10 @@ class UserExists(CallbackdError):
     """A user of that name exists already."""
 
 
+class UserDisabled(CallbackdError):
+    """That user is disabled: enable them first (`callbackd users enable NAME`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     id: int
@@ -103,10 +107,14 @@ class Users:
         return User(uid, name, role, now), token
 
     def new_token(self, name: str) -> str:
-        """Issue another token for a user (the old ones stay valid until revoked)."""
+        """Issue another token for a user (the old ones stay valid until revoked); refused for a disabled user,
+        whose token would not work."""
         user = self.get(name)
         token = new_secret(TOKEN_PREFIX)
         with self.store.write() as conn:
+            # read in the writing transaction: a user disabled meanwhile gets no token
+            if conn.execute(sa.select(t.users.c.disabled_at).where(t.users.c.id == user.id)).scalar() is not None:
+                raise UserDisabled(f"user {name!r} is disabled: enable them first (`callbackd users enable {name}`)")
             conn.execute(t.api_tokens.insert().values(user_id=user.id, token_hash=digest(token),
                                                       created_at=self.clock.now()))
         return token
@@ -133,6 +141,13 @@ class Users:
             conn.execute(sa.delete(t.user_sessions).where(t.user_sessions.c.user_id == user.id))
         global revocations
         revocations += 1
+        return self.get(name)
+
+    def enable(self, name: str) -> User:
+        """Enable a disabled user again. Their old tokens stay revoked: they need a new one (new_token)."""
+        user = self.get(name)
+        with self.store.write() as conn:
+            conn.execute(sa.update(t.users).where(t.users.c.id == user.id).values(disabled_at=None))
         return self.get(name)
 
     def by_token(self, token: str) -> User | None:

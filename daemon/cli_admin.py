@@ -1,4 +1,4 @@
-"""Admins' commands: console/API users (`users add|list|disable|token`) and `report`."""
+"""Admins' commands: console/API users (`users add|list|disable|enable|token`) and `report`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .cli import Ctx, _store, cli, with_config
-from .cli_callbacks import _emit
+from .cli_callbacks import _emit, _local
 
 
 def _users(obj: Ctx) -> Any:
@@ -43,7 +43,7 @@ def users_add(obj: Ctx, name: str, role: str) -> None:
 @click.argument("name")
 @with_config
 def users_token(obj: Ctx, name: str) -> None:
-    """Issue another token for a user (printed once)."""
+    """Issue another token for a user (printed once; refused while the user is disabled)."""
     click.echo(_users(obj).new_token(name))
 
 
@@ -51,10 +51,21 @@ def users_token(obj: Ctx, name: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @with_config
 def users_list(obj: Ctx, fmt: str) -> None:
-    """The users, their roles and whether they are disabled."""
-    rows = [{"name": u.name, "role": u.role.value, "created_at": u.created_at.isoformat(),
-             "disabled_at": u.disabled_at.isoformat() if u.disabled_at else None} for u in _users(obj).list()]
-    _emit(rows, fmt, ("name", "role", "created_at", "disabled_at"), title="users")
+    """The users, their roles and whether they are disabled.
+
+    The table shows local times ([daemon] timezone); json and csv UTC.
+    """
+    items = _users(obj).list()
+    if fmt == "table":
+        tz = obj.settings.tz
+        rows = [{"name": u.name, "role": u.role.value, "created_at": _local(u.created_at, tz),
+                 "disabled_at": _local(u.disabled_at, tz)} for u in items]
+        title = f"users (times in {obj.settings.daemon.timezone})"
+    else:
+        rows = [{"name": u.name, "role": u.role.value, "created_at": u.created_at.isoformat(),
+                 "disabled_at": u.disabled_at.isoformat() if u.disabled_at else None} for u in items]
+        title = "users"
+    _emit(rows, fmt, ("name", "role", "created_at", "disabled_at"), title=title)
 
 
 @users.command("disable")
@@ -64,6 +75,20 @@ def users_disable(obj: Ctx, name: str) -> None:
     """Disable a user: their tokens are revoked and their console sessions end."""
     u = _users(obj).disable(name)
     click.echo(f"user {u.name} disabled")
+
+
+@users.command("enable")
+@click.argument("name")
+@with_config
+def users_enable(obj: Ctx, name: str) -> None:
+    """Enable a disabled user again. Their old tokens stay revoked: issue one with `users token NAME`."""
+    us = _users(obj)
+    if us.get(name).disabled_at is None:
+        click.echo(f"user {name} is not disabled")
+        return
+    u = us.enable(name)
+    click.echo(f"user {u.name} enabled; their old tokens stay revoked: `callbackd users token {u.name}` "
+               "issues a new one")
 
 
 def _day(value: str | None) -> date | None:
@@ -95,6 +120,10 @@ def report(obj: Ctx, since: str | None, until: str | None, by: str, fmt: str) ->
     first, last = _day(since), _day(until)
     last = last or hi
     first = first or (last - (hi - lo))
+    if last < first:
+        # (only a given --since can be later: the default is 30 days before --until)
+        raise click.UsageError(f"--since {first} is after --until {last}{'' if until else ' (default: today)'}: "
+                               "the first day comes first")
     rep = reports.build(_store(obj), s.tz, first, last, by=by, sla=s.console.report_sla)
     if fmt == "json":
         click.echo(json.dumps(rep.as_json(), ensure_ascii=False, indent=2))

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -82,7 +84,8 @@ def cb_list(obj: Ctx, states: tuple[str, ...], due: bool, limit: int | None, fmt
             try:
                 wanted.append(State(s).value)
             except ValueError:
-                raise click.BadParameter(f"unknown state {s!r}", param_hint="--state") from None
+                known = ", ".join([x.value for x in State] + ["open"])
+                raise click.BadParameter(f"unknown state {s!r}; known: {known}", param_hint="--state") from None
     items = _queue(obj).list(states=wanted or None, due=due, limit=limit)
     if fmt == "table":
         tz = obj.settings.tz
@@ -126,10 +129,32 @@ def cb_show(obj: Ctx, callback_id: int, fmt: str, show_numbers: bool) -> None:
             "reason": a.reason, "wait_s": a.wait_seconds, "queue": a.queue, "source": a.origin}
            for a in d.attempts], "table", ("call_id", "started", "outcome", "reason", "wait_s", "queue", "source"),
           title="attempts")
-    _emit([{"at": _local(e.at, tz), "actor": e.actor, "event": e.event,
-            "change": f"{e.from_state or ''} -> {e.to_state or ''}",
-            "detail": json.dumps(e.detail, ensure_ascii=False, sort_keys=True) if e.detail else ""}
+    _emit([{"at": _local(e.at, tz), "actor": e.actor, "event": e.event, "change": _change(e.from_state, e.to_state),
+            "detail": json.dumps(_local_detail(e.detail, tz), ensure_ascii=False, sort_keys=True) if e.detail else ""}
            for e in d.events], "table", ("at", "actor", "event", "change", "detail"), title="history")
+
+
+def _change(before: str | None, after: str | None) -> str:
+    """`pending -> dialing`; empty for an event that changed no state (an SMS event)."""
+    return f"{before or ''} -> {after or ''}" if before or after else ""
+
+
+#: keys of the times in an event's detail (lease_until, retry_at, due_at, window_start, ...)
+_TIME_KEYS = ("_at", "_until", "_start", "_end")
+
+
+def _local_detail(detail: dict[str, Any], tz: Any) -> dict[str, Any]:
+    """The detail with its times (stored as UTC ISO) in local time, as the table's "at" column."""
+    out = dict(detail)
+    for k, v in detail.items():
+        if k.endswith(_TIME_KEYS) and isinstance(v, str):
+            try:
+                when = datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if when.tzinfo is not None:
+                out[k] = _local(when, tz)
+    return out
 
 
 @callbacks.command("claim")
@@ -138,17 +163,34 @@ def cb_show(obj: Ctx, callback_id: int, fmt: str, show_numbers: bool) -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @with_config
 def cb_claim(obj: Ctx, operator: str | None, count: int, fmt: str) -> None:
-    """Claim the next due callbacks; the claim is a lease that expires ([queue] lease)."""
+    """Claim the next due callbacks; the claim is a lease that expires ([queue] lease).
+
+    Nothing due: "nothing is due" on stderr (json and csv: an empty document on stdout too);
+    exit 0 even when nothing was due.
+    """
     op = operator or default_operator()
     got = _queue(obj).claim(op, count)
     if not got:
         click.echo("nothing is due", err=True)
+        if fmt == "table":
+            return
     if fmt == "table":
         # the claimer is about to call: the table shows the full number
         _emit([_table_row(c, obj.settings.tz, True) for c in got], fmt,
               ("id", "number", "failures", "triggered_at", "lease_until"), title=f"claimed by {op}")
     else:
         _emit([c.as_json() for c in got], fmt, LIST_COLUMNS)
+
+
+@contextmanager
+def _force_hint(verb: str) -> Iterator[None]:
+    """Someone else's claim: say what --force does."""
+    from callback_queue.errors import LeaseLost
+
+    try:
+        yield
+    except LeaseLost as exc:
+        raise LeaseLost(f"{exc}; add --force to {verb} it anyway") from None
 
 
 @callbacks.command("close")
@@ -161,7 +203,8 @@ def cb_claim(obj: Ctx, operator: str | None, count: int, fmt: str) -> None:
 @with_config
 def cb_close(obj: Ctx, callback_id: int, outcome: str, note: str | None, operator: str | None, force: bool) -> None:
     """Record the outcome of a claimed callback (no-answer and busy are retried)."""
-    c = _queue(obj).close(callback_id, operator or default_operator(), outcome, note, force=force)
+    with _force_hint("close"):
+        c = _queue(obj).close(callback_id, operator or default_operator(), outcome, note, force=force)
     extra = f", next try {_local(c.due_at, obj.settings.tz)}" if c.state.value == "retry_wait" else ""
     click.echo(f"callback {c.id}: {c.state.value}{extra}")
 
@@ -174,7 +217,8 @@ def cb_close(obj: Ctx, callback_id: int, outcome: str, note: str | None, operato
 @with_config
 def cb_release(obj: Ctx, callback_id: int, operator: str | None, note: str | None, force: bool) -> None:
     """Give a claimed callback back to the queue."""
-    c = _queue(obj).release(callback_id, operator or default_operator(), force=force, note=note)
+    with _force_hint("release"):
+        c = _queue(obj).release(callback_id, operator or default_operator(), force=force, note=note)
     click.echo(f"callback {c.id}: {c.state.value}")
 
 

@@ -44,12 +44,9 @@ def database(s: Any) -> Iterator[Result]:
         try:
             current, heads = store.current_heads(), store.script_heads()
             if current != heads:
-                yield Result(
-                    "database",
-                    False,
-                    f"{url}: schema at {sorted(current) or 'nothing'}, needs {sorted(heads)}",
-                    "run `callbackd db upgrade`",
-                )
+                needs = ", ".join(sorted(heads))
+                at = f"schema at {', '.join(sorted(current))}" if current else "schema empty"
+                yield Result("database", False, f"{url}: {at} (needs {needs})", "run `callbackd db upgrade`")
                 return
             yield Result("database", True, f"{url}, schema current ({', '.join(sorted(heads))})")
             yield from _clock(store)

@@ -486,22 +486,26 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
             raise ConfigError(f"config file {cfg_path} cannot be read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {cfg_path} is not valid TOML: {exc}") from exc
+    from_env: dict[tuple[str, ...], str] = {}   # dotted path -> the variable that set it (or made its table)
     for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG" or "__" not in key:
             continue
         parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         node = data
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if p not in node:
+                from_env.setdefault(tuple(parts[: i + 1]), key)
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
                 raise ConfigError(f"{key}: {'.'.join(parts[:-1])} is not a table")
             node = nxt
         node[parts[-1]] = _env_value(raw)
+        from_env[tuple(parts)] = key
     base = cfg_path.parent if cfg_path is not None else Path.cwd()
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, cfg_path)) from None
+        raise ConfigError(_explain(exc, cfg_path, from_env)) from None
     return _resolve_paths(settings, base, str(cfg_path) if cfg_path else "<defaults>")
 
 
@@ -512,19 +516,64 @@ def _env_value(raw: str) -> Any:
         return raw
 
 
-def _explain(exc: ValidationError, path: Path | None) -> str:
-    lines = [f"invalid configuration{f' in {path}' if path else ''}:"]
+#: what an environment variable holding a list or a table looks like (its value is read as a TOML value)
+_LIST = "a list is read as a TOML array, e.g. {example}"
+_TABLE = "a table is read as a TOML inline table, e.g. '{{ key = \"value\" }}'"
+_ENV_SHAPES = {"list_type": _LIST, "tuple_type": _LIST, "set_type": _LIST,
+               "dict_type": _TABLE, "model_type": _TABLE, "model_attributes_type": _TABLE}
+
+
+def _explain(exc: ValidationError, path: Path | None, from_env: dict[tuple[str, ...], str] | None = None) -> str:
+    """One line per error, naming the setting and where its value came from: the file, or the CALLBACKD_*
+    variable that set it (or that alone made its table)."""
+    import json
+
+    from_env = from_env or {}
+    lines: list[str] = []
+    in_file = in_env = False
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in err["loc"])
+        field = ".".join(loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
         elif err["type"] == "missing":
             msg = "required setting is missing"
         given = err.get("input")
-        shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
+        var = next((from_env[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in from_env), None)
+        if var is not None and err["type"] == "missing":
+            table = ".".join(loc[:-1])
+            shown = f" ([{table}] is set only by {var})" if table else ""
+        elif var is not None:
+            shape = _ENV_SHAPES.get(err["type"], "")
+            example = ("'[{ key = \"value\" }]'" if _holds_tables(loc) else
+                       repr(json.dumps([given] if isinstance(given, str) else ["value"], ensure_ascii=False)))
+            shown = f" (got {given!r} from {var}" + (f"; {shape.format(example=example)}" if shape else "") + ")"
+        else:
+            shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
+        in_env |= var is not None
+        in_file |= var is None
         lines.append(f"  {field}: {msg.removeprefix('Value error, ')}{shown}")
-    return "\n".join(lines)
+    where = [f"in {path}"] if path and in_file else []
+    where += ["from the environment"] if in_env else []
+    return "\n".join([" ".join(["invalid configuration", " and ".join(where)]).rstrip() + ":", *lines])
+
+
+def _holds_tables(loc: tuple[str, ...]) -> bool:
+    """Whether the setting at `loc` is a list of tables ([[sources.ami]])."""
+    import typing
+
+    model: Any = Settings
+    ann: Any = None
+    for name in loc:
+        field = getattr(model, "model_fields", {}).get(name)
+        if field is None:
+            return False
+        ann = field.annotation
+        model = next((a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+    return typing.get_origin(ann) is list and any(
+        isinstance(a, type) and issubclass(a, BaseModel) for a in typing.get_args(ann))
 
 
 def _resolve_paths(s: Settings, base: Path, origin: str) -> Settings:

@@ -290,8 +290,9 @@ class AmiSources:
                 self.log.error("ami.pbx_remove_failed", pbx=name, error=f"{type(exc).__name__}: {exc}")
             self.log.info("ami.pbx_removed", pbx=name, link_closed=src.link.users == 0)
         self.links.prune()
-        self.log.info("ami.reloaded", added=added, removed=removed, reconnected=reconnected,
-                      unchanged=sorted(n for n in want if n not in added and n not in reconnected))
+        if want or removed:     # (no PBX before nor after: nothing to say)
+            self.log.info("ami.reloaded", added=added, removed=removed, reconnected=reconnected,
+                          unchanged=sorted(n for n in want if n not in added and n not in reconnected))
 
     def _reload_dialer(self, new: Any) -> None:
         dialer = self.links.dialer
