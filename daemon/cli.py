@@ -229,8 +229,42 @@ def _run_import(obj: Ctx, kind: str, files: tuple[str, ...], system: str | None)
         for k, v in _import_counts(stats).items():
             total[k] += v
         click.echo(f"{name}: {_import_summary(_import_counts(stats))}")
+        if stats.attempts == 0 and stats.lines:
+            hint = (_cdr_hint(path, s, norm) if kind == "cdr" else _queue_log_hint(path)) \
+                if stats.lines > stats.dead_letters or kind == "queue_log" else None
+            if hint:
+                click.echo(f"{name}: {hint}", err=True)
     if len(files) > 1:
         click.echo(f"total: {_import_summary(total)}")
+
+
+def _cdr_hint(path: Path, s: Any, norm: Any) -> str | None:
+    """Why a CDR file gave no attempt: its records' dcontext is not one the settings call inbound."""
+    import itertools
+
+    from .app import cdr_parser
+
+    parser = cdr_parser(s, norm)   # a fresh one: the import's parsed in another process
+    with path.open("rb") as f:
+        for i, line in enumerate(itertools.islice(f, 20_000)):
+            parser.feed(line, str(i))
+    if not parser.not_inbound:
+        return None
+    seen = ", ".join(f"{ctx or '(empty)'} ({n:,})" for ctx, n in parser.not_inbound.most_common(5))
+    src = s.sources.cdr
+    return (f"no record is an inbound hotline call: their dcontext is {seen}; [sources.cdr] inbound_contexts is "
+            f"{list(src.inbound_contexts)}" + (f" and hotline_numbers {list(src.hotline_numbers)}"
+                                                if src.hotline_numbers else "")
+            + " - add the hotline's context there (or its DIDs to hotline_numbers) and import again")
+
+
+def _queue_log_hint(path: Path) -> str | None:
+    """Why a queue_log file gave no attempt, when every line was refused: often a CDR file."""
+    with path.open("rb") as f:
+        first = next((ln for ln in f if ln.strip()), b"")
+    if b"|" not in first and first.count(b",") >= 8:
+        return "this looks like a CDR CSV file, not a queue_log: `callbackd import cdr FILE`"
+    return "no line is a queue_log event: `callbackd deadletters list` shows why each was refused"
 
 
 _IMPORT_COUNTS = ("lines", "attempts", "dead_letters", "opened", "cancelled")

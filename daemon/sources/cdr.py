@@ -58,6 +58,7 @@ import csv
 import datetime
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from callback_queue.attempts import Attempt, DeadLetter, Origin, Outcome
@@ -154,6 +155,8 @@ class CdrParser:
         self.options = options
         #: column mapping fixed by a header row, with the header's field count
         self._header: tuple[dict[str, int], int] | None = None
+        #: records read but not inbound hotline calls, by their dcontext (why an import may find nothing)
+        self.not_inbound: Counter[str] = Counter()
 
     def feed(self, line: bytes, position: str) -> Attempt | DeadLetter | None:
         """One line → Attempt (inbound caller leg), None (not one), or DeadLetter. Never raises."""
@@ -191,6 +194,7 @@ class CdrParser:
                        "ANSWERED, NO ANSWER, BUSY, FAILED, CONGESTION, CANCEL, UNKNOWN)")
         opts = self.options
         if get("dcontext") not in opts.inbound_contexts and get("dst") not in opts.hotline_numbers:
+            self.not_inbound[get("dcontext")] += 1
             return None
         started = self._time("start", get("start"))
         if started is None:
