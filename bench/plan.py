@@ -4,8 +4,9 @@
 
 In the same run: the time of `SELECT * FROM callbacks` over those rows (fetching every row), and
 the time of a full `Planner.replan()` (read, plan, write every row's window and due time — the first
-plan writes all of them, and records an sla-at-risk event for each callback it cannot plan within its
-SLA). Prints both and the ratio. Target: replan <= 5x the SELECT.
+plan writes all of them, records a "scheduled" event for each (pending -> scheduled, one per callback), and
+an sla-at-risk event for each callback it cannot plan within its SLA). Prints both and the ratio. Target:
+replan <= 5x the SELECT.
 
 The machine is shared: wall times move with the load average (printed). Beside the wall-clock ratio
 the CPU ratio is printed: CPU seconds of this process plus, on PostgreSQL, of the server backends

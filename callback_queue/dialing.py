@@ -86,17 +86,19 @@ class DialQueue:
         spacing_ok = now - self.queue.retry.min_spacing
         with self.store.write() as conn:
             pick = (
-                sa.select(cb.c.id)
+                sa.select(cb.c.id, cb.c.state)
                 .where(self.queue.due_clause(now),
                        sa.or_(cb.c.last_dial_at.is_(None), cb.c.last_dial_at <= spacing_ok))
                 .order_by(*ORDER).limit(count)
             )
             if conn.dialect.name == "postgresql":
                 pick = pick.with_for_update(skip_locked=True)
-            ids = [r.id for r in conn.execute(pick)]
+            # the state each is claimed from, for its event: the rows are locked (FOR UPDATE on PostgreSQL;
+            # SQLite's write transaction holds the lock), so it is the state the UPDATE changes
+            was = {r.id: r.state for r in conn.execute(pick)}
             out: list[DialRequest] = []
             rows = []
-            for cid in ids:
+            for cid in was:
                 ref = f"cbd-{cid}-{uuid.uuid4().hex[:12]}"
                 row = conn.execute(
                     sa.update(cb).where(cb.c.id == cid, self.queue.due_clause(now))
@@ -109,7 +111,7 @@ class DialQueue:
             for c in sorted(rows, key=_order_key):
                 out.append(DialRequest(c.id, c.number, c.dial_ref or "", c.dial_attempts + 1, c.kind))
                 conn.execute(t.callback_events.insert(), [_ev(
-                    c.id, now, worker, "dialing", _pre_claim_state(c), State.DIALING,
+                    c.id, now, worker, "dialing", was[c.id], State.DIALING,
                     {"dialer": dialer, "dial_ref": c.dial_ref, "attempt": c.dial_attempts + 1})])
         return out
 

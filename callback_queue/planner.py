@@ -56,7 +56,7 @@ class Planner:
             moved = unplaced = 0
             far = now + self.horizon
             pending, scheduled = State.PENDING.value, State.SCHEDULED.value
-            breach_detail = _BreachDetail()
+            breach_detail, plan_detail = _BreachDetail(), _PlanDetail()
             for p in result.placements:
                 state, w_start, due, sla_due, breached_at = current[p.id]
                 w = p.window
@@ -74,7 +74,10 @@ class Planner:
                     continue            # unchanged: not written (a replan of the same plan writes nothing)
                 if w_start is not None and w_start != ws:
                     moved += 1
-                updates.append((p.id, state, new_state, ws, we, new_due, sla_due, breached_at, detail))
+                # a state change (pending -> scheduled) is an event of its own, with the window it was given
+                scheduled_detail = plan_detail(ws, we, new_due) if new_state != state else None
+                updates.append((p.id, state, new_state, ws, we, new_due, sla_due, breached_at, detail,
+                                scheduled_detail))
             breaches = _write_plan(conn, updates, now) if updates else []
         return PlanReport(len(result.placements) - unplaced, moved, unplaced, breaches, result)
 
@@ -141,21 +144,46 @@ class _BreachDetail:
         return f'{{"planned_at": {pa}, "sla_due_at": {sd}}}'
 
 
+class _PlanDetail:
+    """json.dumps({"due_at": ..., "window_end": ..., "window_start": ...}, sort_keys=True) in UTC, the detail of
+    a "scheduled" event, for many rows at a time: each distinct time and window formatted once (the first plan
+    schedules every pending callback, 100,000 in bench/plan.py; most are due at their window's start)."""
+
+    def __init__(self) -> None:
+        self._times: dict[datetime | None, str] = {None: "null"}
+        self._windows: dict[tuple[datetime | None, datetime | None], str] = {}
+
+    def _time(self, v: datetime | None) -> str:
+        text = self._times.get(v)
+        if text is None:
+            text = self._times[v] = f'"{_iso_utc(v)}"'     # type: ignore[arg-type]
+        return text
+
+    def __call__(self, window_start: datetime | None, window_end: datetime | None, due: datetime | None) -> str:
+        window = self._windows.get((window_start, window_end))
+        if window is None:
+            window = self._windows[(window_start, window_end)] = (
+                f'"window_end": {self._time(window_end)}, "window_start": {self._time(window_start)}}}')
+        return f'{{"due_at": {self._time(due)}, {window}'
+
+
 def _iso_utc(v: datetime) -> str:
     return (v if v.tzinfo is UTC else v.astimezone(UTC)).isoformat()
 
 
 # rows of `updates`: (id, state read, new state, window_start, window_end, due_at, sla_due_at, sla_breached_at,
-# the detail of a new sla-at-risk event or None)
-_PLAN_TYPES = ["int8", "text", "text", *["timestamptz"] * 5, "text"]
+# the detail of a new sla-at-risk event or None, the detail of a "scheduled" event (the state changes) or None)
+_PLAN_TYPES = ["int8", "text", "text", *["timestamptz"] * 5, "text", "text"]
 
 
 def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> list[int]:
-    """Write the changed rows and their sla-at-risk events; returns the ids given an event.
+    """Write the changed rows and their events: "scheduled" for a row whose state changes (pending ->
+    scheduled, from and to states and the window), "sla-at-risk" for a row newly flagged (a row may get
+    both); returns the ids given an sla-at-risk event.
 
     A row is written only if its state is still the one read: a cancel, a close or a claim committed
     meanwhile wins (PostgreSQL's read took no row locks; SQLite's write transaction held the lock
-    throughout), and the next replan sees it.
+    throughout), and the next replan sees it. Only rows really updated get events.
     """
     updates.sort()      # by id: the UPDATE then walks the table and its primary key in order
     if conn.dialect.name == "postgresql":
@@ -163,20 +191,25 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> lis
         # one statement: the UPDATE joined to it, and the events of the rows it actually updated
         conn.exec_driver_sql(
             "CREATE TEMPORARY TABLE IF NOT EXISTS plan_rows (id bigint, old text, state text, ws timestamptz, "
-            "we timestamptz, due timestamptz, sla timestamptz, breach timestamptz, detail text) ON COMMIT DELETE ROWS")
+            "we timestamptz, due timestamptz, sla timestamptz, breach timestamptz, detail text, sched text) "
+            "ON COMMIT DELETE ROWS")
         with conn.connection.driver_connection.cursor() as cur:
-            with cur.copy("COPY plan_rows (id, old, state, ws, we, due, sla, breach, detail) FROM STDIN "
+            with cur.copy("COPY plan_rows (id, old, state, ws, we, due, sla, breach, detail, sched) FROM STDIN "
                           "(FORMAT BINARY)") as copy:
                 copy.set_types(_PLAN_TYPES)
                 for u in updates:
                     copy.write_row(u)
+            # the events in one INSERT, "scheduled" before "sla-at-risk" (a callback with both reads in order)
             cur.execute(
                 "WITH done AS (UPDATE callbacks AS c SET state = u.state, window_start = u.ws, window_end = u.we, "
                 "due_at = u.due, sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = %(now)s "
-                "FROM plan_rows AS u WHERE c.id = u.id AND c.state = u.old RETURNING c.id, u.detail) "
-                "INSERT INTO callback_events (callback_id, at, actor, event, detail) "
-                "SELECT id, %(now)s, 'planner', 'sla-at-risk', detail FROM done WHERE detail IS NOT NULL "
-                "RETURNING callback_id",
+                "FROM plan_rows AS u WHERE c.id = u.id AND c.state = u.old "
+                "RETURNING c.id, u.old, u.state, u.detail, u.sched), "
+                "events AS (INSERT INTO callback_events (callback_id, at, actor, event, from_state, to_state, detail) "
+                "SELECT id, %(now)s, 'planner', 'scheduled', old, state, sched FROM done WHERE sched IS NOT NULL "
+                "UNION ALL "
+                "SELECT id, %(now)s, 'planner', 'sla-at-risk', NULL, NULL, detail FROM done WHERE detail IS NOT NULL) "
+                "SELECT id FROM done WHERE detail IS NOT NULL",
                 {"now": now})
             return sorted(r[0] for r in cur.fetchall())
     dt = _datetime_binder(conn)
@@ -185,6 +218,11 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> lis
         "UPDATE callbacks SET state = ?, window_start = ?, window_end = ?, due_at = ?, sla_due_at = ?, "
         "sla_breached_at = ?, updated_at = ? WHERE id = ? AND state = ?",
         [(u[2], dt(u[3]), dt(u[4]), dt(u[5]), dt(u[6]), dt(u[7]), at, u[0], u[1]) for u in updates])
+    # SQLite's write transaction held the lock since the read: every row read was updated
+    scheduled = [(u[0], at, u[1], u[2], u[9]) for u in updates if u[9] is not None]
+    if scheduled:
+        conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, from_state, to_state, "
+                             "detail) VALUES (?, ?, 'planner', 'scheduled', ?, ?, ?)", scheduled)
     events = [(u[0], at, u[8]) for u in updates if u[8] is not None]
     if events:
         conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, detail) "

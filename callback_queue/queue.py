@@ -49,9 +49,11 @@ def _lease_ran_out(now: Any) -> Any:
     return sa.and_(cb.c.state == _lit(State.DIALING.value)[0], cb.c.lease_until < now, cb.c.dialer.is_(None))
 
 
-def _pre_claim_sql(dial_attempts: Any) -> Any:
-    """SQL for `_pre_claim_state`: where a claim goes back to (or came from)."""
-    return sa.case((dial_attempts == 0, _lit(State.PENDING.value)[0]), else_=_lit(State.RETRY_WAIT.value)[0])
+def _pre_claim_sql(table: Any) -> Any:
+    """SQL for `_pre_claim_state` over `table`'s columns (the callbacks table or a CTE returning its columns)."""
+    return sa.case((table.c.dial_attempts > 0, _lit(State.RETRY_WAIT.value)[0]),
+                   (table.c.window_start.is_not(None), _lit(State.SCHEDULED.value)[0]),
+                   else_=_lit(State.PENDING.value)[0])
 
 
 def _order_key(c: Callback) -> tuple[Any, ...]:
@@ -247,6 +249,11 @@ class CallbackQueue:
         with self.store.write() as conn:
             self._sweep(conn, now)
             pick = sa.select(cb.c.id).where(self.due_clause(now)).order_by(*ORDER).limit(count)
+            # the states they are claimed from, read first: BEGIN IMMEDIATE holds the write lock, so the
+            # UPDATE below picks the same rows in the same states
+            was = {r.id: r.state for r in conn.execute(pick.add_columns(cb.c.state))}
+            if not was:
+                return []
             rows = conn.execute(
                 sa.update(cb)
                 .where(cb.c.id.in_(pick.scalar_subquery()))
@@ -256,7 +263,7 @@ class CallbackQueue:
             claimed = sorted((Callback.from_row(r) for r in rows), key=_order_key)
             if claimed:
                 conn.execute(t.callback_events.insert(), [
-                    _ev(c.id, now, operator, "claimed", _pre_claim_state(c), State.DIALING,
+                    _ev(c.id, now, operator, "claimed", was[c.id], State.DIALING,
                         {"lease_until": until.isoformat()}) for c in claimed
                 ])
         return claimed
@@ -294,7 +301,9 @@ class CallbackQueue:
         until = now + (lease or self.lease)
         with self.store.write() as conn:
             self._sweep(conn, now)
-            cur = self._one(conn, callback_id)
+            # locked (PostgreSQL; SQLite's write transaction holds the lock already): the state read is the
+            # state the UPDATE changes, and the one the "claimed" event records
+            cur = self._one(conn, callback_id, lock=True)
             n = conn.execute(
                 sa.update(cb).where(cb.c.id == callback_id, self.due_clause(now))
                 .values(state=State.DIALING.value, claimed_by=operator, lease_until=until, updated_at=now)
@@ -364,7 +373,7 @@ class CallbackQueue:
     def cancel(self, callback_id: int, actor: str, reason: str) -> Callback:
         now = self.clock.now()
         with self.store.write() as conn:
-            cur = self._one(conn, callback_id)
+            cur = self._one(conn, callback_id, lock=True)   # the state the event records stays the state changed
             if not cur.state.is_open:
                 raise InvalidTransition(f"callback {callback_id} is {cur.state.value}; only open callbacks can be "
                                         "cancelled")
@@ -407,7 +416,9 @@ class CallbackQueue:
         planning each claim anew (a custom plan per execution: most of the claim's database CPU)."""
         ev = t.callback_events
         limit = sa.literal_column(str(int(count))) if count is not None else sa.bindparam("count")
-        pick = (sa.select(cb.c.id).where(self.due_clause(_NOW)).order_by(*ORDER).limit(limit)
+        # the state beside the id: FOR UPDATE returns the locked row's current version, the one the UPDATE
+        # changes, so the events record the state each callback was really claimed from
+        pick = (sa.select(cb.c.id, cb.c.state).where(self.due_clause(_NOW)).order_by(*ORDER).limit(limit)
                 .with_for_update(skip_locked=True).cte("pick"))
         claimed = (sa.update(cb).where(cb.c.id == pick.c.id)
                    .values(state=State.DIALING.value, claimed_by=sa.bindparam("operator"),
@@ -416,8 +427,8 @@ class CallbackQueue:
         events = ev.insert().from_select(
             ["callback_id", "at", "actor", "event", "from_state", "to_state", "detail"],
             sa.select(claimed.c.id, claimed.c.updated_at, claimed.c.claimed_by, sa.literal_column("'claimed'"),
-                      _pre_claim_sql(claimed.c.dial_attempts), claimed.c.state,
-                      sa.cast(sa.bindparam("detail"), sa.Text))
+                      pick.c.state, claimed.c.state, sa.cast(sa.bindparam("detail"), sa.Text))
+            .join_from(claimed, pick, pick.c.id == claimed.c.id)
             .order_by(claimed.c.priority.desc(), claimed.c.failures.desc(), claimed.c.triggered_at, claimed.c.id)
         ).cte("claim_events")
         return claimed, events
@@ -427,7 +438,7 @@ class CallbackQueue:
         ev = t.callback_events
         expired = sa.select(cb.c.id, cb.c.claimed_by).where(_lease_ran_out(_NOW)).with_for_update().cte("expired")
         swept = (sa.update(cb).where(cb.c.id == expired.c.id)
-                 .values(state=_pre_claim_sql(cb.c.dial_attempts), claimed_by=None, lease_until=None, updated_at=_NOW)
+                 .values(state=_pre_claim_sql(cb), claimed_by=None, lease_until=None, updated_at=_NOW)
                  .returning(cb.c.id, cb.c.state, cb.c.updated_at, expired.c.claimed_by.label("held_by"))
                  .cte("swept"))
         events = ev.insert().from_select(
@@ -460,14 +471,17 @@ class CallbackQueue:
                                                               back, {"claimed_by": c.claimed_by})])
         return swept
 
-    def _one(self, conn: Connection, callback_id: int) -> Callback:
-        row = conn.execute(sa.select(cb).where(cb.c.id == callback_id)).first()
+    def _one(self, conn: Connection, callback_id: int, *, lock: bool = False) -> Callback:
+        """The callback as stored; `lock`: FOR UPDATE on PostgreSQL (SQLite renders no FOR UPDATE: its write
+        transaction holds the database's lock already)."""
+        q = sa.select(cb).where(cb.c.id == callback_id)
+        row = conn.execute(q.with_for_update() if lock else q).first()
         if row is None:
             raise NotFound(f"no callback {callback_id}")
         return Callback.from_row(row)
 
     def _held(self, conn: Connection, callback_id: int, operator: str, force: bool) -> Callback:
-        cur = self._one(conn, callback_id)
+        cur = self._one(conn, callback_id, lock=True)   # a concurrent sweep or close waits for this transaction
         if cur.state is not State.DIALING:
             why = f" ({cur.close_reason})" if cur.close_reason else ""
             raise InvalidTransition(f"callback {callback_id} is {cur.state.value}{why}, not claimed")
@@ -477,4 +491,9 @@ class CallbackQueue:
 
 
 def _pre_claim_state(c: Callback) -> State:
-    return State.PENDING if c.dial_attempts == 0 else State.RETRY_WAIT
+    """Where a claim that ended without a call (released, lease expired, a dial given back) goes back to:
+    retry_wait once it has been called, else scheduled if the planner gave it a window (a planned callback
+    keeps its plan), else pending. Not the state it was claimed from: claims record that as they happen."""
+    if c.dial_attempts > 0:
+        return State.RETRY_WAIT
+    return State.SCHEDULED if c.window_start is not None else State.PENDING
