@@ -31,10 +31,12 @@ from .callbacks import _CALLBACK_FIELDS, _CALLBACK_TIMES, Callback
 _INTS = frozenset({"id", "priority", "failures", "dial_attempts"})
 #: isoformat() of a UTC time: microseconds dropped when zero (the format has no other '.')
 _ISO = "replace(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
-#: numbers.mask: "-" for none, all stars up to 6 characters, else up to 6 kept, stars, the last 4
+#: numbers.mask: "-" for none, all stars up to 6 characters; from 12: up to 6 kept, stars (at least 4), the
+#: last 4; 7 to 11: what is left of 6, 4 stars, the last 2
 _MASK = ("CASE WHEN coalesce({c}, '') = '' THEN '-' WHEN length({c}) <= 6 THEN repeat('*', length({c})) "
-         "ELSE left({c}, least(6, length({c}) - 4)) || repeat('*', length({c}) - least(6, length({c}) - 4) - 4) "
-         "|| right({c}, 4) END")
+         "WHEN length({c}) >= 12 THEN left({c}, least(6, length({c}) - 8)) "
+         "|| repeat('*', length({c}) - least(6, length({c}) - 8) - 4) || right({c}, 4) "
+         "ELSE left({c}, length({c}) - 6) || '****' || right({c}, 2) END")
 #: a stored flat JSON object re-written compact, in its stored order
 _COUNTS = ("CASE WHEN {c} IS NULL THEN 'null' WHEN {c} = '' THEN '\"\"' ELSE coalesce((SELECT '{{' || "
            "string_agg(to_json(e.key)::text || ':' || CASE json_typeof(e.value) WHEN 'string' THEN "

@@ -165,14 +165,25 @@ _MISS = _Miss()
 _NO_SHAPES: dict[str, tuple[str, int] | None] = {}
 
 
+#: characters `mask` always hides, and the most it shows at the start (country code and a few digits)
+MASK_HIDDEN, MASK_HEAD = 4, 6
+
+
 def mask(number: str | None) -> str:
-    """+8613812345678 -> +86138****5678: enough to tell callers apart in a log, not to call them."""
+    """+8613812345678 -> +86138****5678: enough to tell callers apart in a log, not to call them.
+
+    At most the first 6 characters (with the '+') and the last 4 (2 when the number is shorter than 12
+    characters) are shown, and at least 4 are always hidden: +12025550123 -> +120****0123,
+    +865550101 -> +865****01. Numbers of 6 characters or fewer are starred whole.
+    """
     if not number:
         return "-"
-    if len(number) <= 6:
-        return "*" * len(number)
-    keep_head = min(6, len(number) - 4)
-    return number[:keep_head] + "*" * (len(number) - keep_head - 4) + number[-4:]
+    n = len(number)
+    if n <= MASK_HEAD:
+        return "*" * n
+    tail = 4 if n >= 12 else 2
+    head = min(MASK_HEAD, n - tail - MASK_HIDDEN)
+    return number[:head] + "*" * (n - head - tail) + number[-tail:]
 
 
 def normalizer_from(

@@ -12,6 +12,10 @@ import click
 from .cli import Ctx, _setup_logs, _store, cli, default_operator, with_config
 from .cli_callbacks import FORMATS, _emit, _local
 
+#: as `callbacks list`: the table masks numbers unless asked; json and csv carry them in full
+FORMAT_HELP = "json and csv carry full E.164 numbers and UTC times; the table masks numbers."
+SHOW_HELP = "Show full numbers in the table."
+
 
 def _clock() -> Any:
     from callback_queue.clock import SystemClock
@@ -71,9 +75,10 @@ def sms_preview(obj: Ctx, kind: str, lang: str, request_id: str) -> None:
 
 @sms.command("list")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
+@click.option("--show-numbers", is_flag=True, help=SHOW_HELP)
 @with_config
-def sms_list(obj: Ctx, limit: int, fmt: str) -> None:
+def sms_list(obj: Ctx, limit: int, fmt: str, show_numbers: bool) -> None:
     """The newest SMS intents and what became of them."""
     import sqlalchemy as sa
 
@@ -84,7 +89,8 @@ def sms_list(obj: Ctx, limit: int, fmt: str) -> None:
     with _store(obj).read() as conn:
         rows = conn.execute(sa.select(m).order_by(m.c.id.desc()).limit(limit)).all()
     tz = obj.settings.tz
-    out = [{"id": r.id, "callback_id": r.callback_id, "number": r.number if fmt != "table" else mask(r.number),
+    full = fmt != "table" or show_numbers
+    out = [{"id": r.id, "callback_id": r.callback_id, "number": r.number if full else mask(r.number),
             "sender": r.sender, "lang": r.lang, "state": r.state, "provider_status": r.provider_status,
             "provider_id": r.provider_id, "tries": r.tries, "error": r.error,
             "created_at": _local(r.created_at, tz) if fmt == "table" else r.created_at.isoformat()} for r in rows]
@@ -140,10 +146,11 @@ def followups_import(obj: Ctx, file: str) -> None:
 
 
 @followups.command("list")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
+@click.option("--show-numbers", is_flag=True, help=SHOW_HELP)
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
 @with_config
-def followups_list(obj: Ctx, fmt: str, limit: int) -> None:
+def followups_list(obj: Ctx, fmt: str, show_numbers: bool, limit: int) -> None:
     """Follow-ups, newest first."""
     import sqlalchemy as sa
 
@@ -155,7 +162,8 @@ def followups_list(obj: Ctx, fmt: str, limit: int) -> None:
     with _store(obj).read() as conn:
         items = [Callback.from_row(r) for r in conn.execute(
             sa.select(cb).where(cb.c.kind == "followup").order_by(cb.c.id.desc()).limit(limit))]
-    rows = [{"id": c.id, "request_id": c.request_id, "number": c.number if fmt != "table" else mask(c.number),
+    full = fmt != "table" or show_numbers
+    rows = [{"id": c.id, "request_id": c.request_id, "number": c.number if full else mask(c.number),
              "state": c.state.value, "dial_attempts": c.dial_attempts,
              "due_at": _local(c.due_at, obj.settings.tz) if fmt == "table" else c.due_at.isoformat()} for c in items]
     _emit(rows, fmt, ("id", "request_id", "number", "state", "dial_attempts", "due_at"), title="follow-ups")
@@ -198,12 +206,18 @@ def dnc_remove(obj: Ctx, number: str) -> None:
 
 
 @dnc.command("list")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=FORMAT_HELP)
+@click.option("--show-numbers", is_flag=True, help=SHOW_HELP)
 @with_config
-def dnc_list(obj: Ctx, fmt: str) -> None:
+def dnc_list(obj: Ctx, fmt: str, show_numbers: bool) -> None:
     """All listed numbers."""
+    from callback_queue.numbers import mask
     from sms.contacts import DoNotContact
 
-    rows = [{"number": e.number, "source": e.source, "reason": e.reason,
-             "created_at": _local(e.created_at, obj.settings.tz)} for e in DoNotContact(_store(obj), _clock()).list()]
+    table = fmt == "table"
+    rows = [{"number": mask(e.number) if table and not show_numbers else e.number, "source": e.source,
+             "reason": e.reason,
+             "created_at": _local(e.created_at, obj.settings.tz) if table
+             else e.created_at.isoformat().replace("+00:00", "Z")}
+            for e in DoNotContact(_store(obj), _clock()).list()]
     _emit(rows, fmt, ("number", "source", "reason", "created_at"), title="do-not-contact")

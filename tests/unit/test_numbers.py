@@ -90,7 +90,40 @@ def test_ip_dialling_prefix_is_kept_as_presented():
     assert normalizer_from("CN", 5, [], []).normalize("17978008443") == "+8617978008443"
 
 
-def test_mask():
-    assert mask("+8613812345678") == "+86138****5678"
-    assert mask(None) == "-"
+@pytest.mark.parametrize(("number", "masked"), [
+    ("+8613812345678", "+86138****5678"),    # the form the docs show
+    ("+12025550123", "+120****0123"),        # 12 characters: 4 hidden, not 2
+    ("+865550101", "+865****01"),            # 7-11 characters: shown with a 2-character tail, not in full
+    ("+1234567", "+1****67"),
+    ("1234567", "1****67"),
+    ("+123456", "+****56"),
+    ("123456", "******"),                    # 6 or fewer: all starred
+    ("+1", "**"),
+    ("+44207123451234", "+44207*****1234"),
+])
+def test_mask(number, masked):
+    assert mask(number) == masked
+
+
+def test_mask_of_nothing():
+    assert mask(None) == "-" and mask("") == "-"
     assert "12345" not in mask("+861234567890")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(r"\A\+?[0-9]{1,18}\Z", fullmatch=True))
+def test_mask_never_shows_more_than_head_and_tail(number):
+    masked = mask(number)
+    n = len(number)
+    assert len(masked) == n
+    stars = masked.count("*")
+    assert stars >= min(4, n)                          # at least 4 hidden (all of a short number)
+    if n <= 6:
+        assert masked == "*" * n
+        return
+    # one run of stars between a head of the number and a tail of it
+    head = masked.index("*")
+    tail = n - head - stars
+    assert masked == number[:head] + "*" * stars + (number[-tail:] if tail else "")
+    assert head <= 6
+    assert tail <= (4 if n >= 12 else 2)
