@@ -32,6 +32,11 @@ cb = t.callbacks
 
 #: the default order: priority, then more failures first, then longest waiting
 ORDER = (cb.c.priority.desc(), cb.c.failures.desc(), cb.c.triggered_at.asc(), cb.c.id.asc())
+
+
+def _open_first(state: Any) -> Any:
+    """A list of every state puts the open callbacks (the work) before the closed ones, each in ORDER."""
+    return sa.case((state.in_(_lit(*_OPEN)), 0), else_=1)
 #: "now" in statements built once and run many times (the API's list and claim)
 _NOW = sa.bindparam("now", type_=cb.c.due_at.type)
 #: claims of up to this many callbacks get a statement each, with the count written in (`_claim_ctes`)
@@ -170,8 +175,9 @@ class CallbackQueue:
         show = sa.or_(sa.bindparam("show_all", type_=sa.Boolean),
                       sa.and_(page.c.state == _lit(State.DIALING.value)[0],
                               page.c.claimed_by == sa.bindparam("viewer", type_=sa.String)))
-        rows = sa.select(sa.func.row_number().over(order_by=(page.c.priority.desc(), page.c.failures.desc(),
-                                                             page.c.triggered_at.asc(), page.c.id.asc())).label("rn"),
+        rows = sa.select(sa.func.row_number().over(order_by=(_open_first(page.c.state), page.c.priority.desc(),
+                                                             page.c.failures.desc(), page.c.triggered_at.asc(),
+                                                             page.c.id.asc())).label("rn"),
                          callback_json("page", show).label("j")).subquery("r")
         items = sa.func.string_agg(rows.c.j, aggregate_order_by(sa.literal_column("','"), rows.c.rn))
         return sa.select(items.filter(rows.c.rn <= sa.bindparam("page")), sa.func.count())
@@ -186,7 +192,7 @@ class CallbackQueue:
         if number:
             filters.append(cb.c.number == sa.bindparam("number"))
         if not due:
-            q = sa.select(cb).where(*filters).order_by(*ORDER)
+            q = sa.select(cb).where(*filters).order_by(_open_first(cb.c.state), *ORDER)
         else:
             # two branches, each able to use its index in the queue's order (an OR of the two
             # conditions made the database sort every due row for each page)

@@ -73,7 +73,7 @@ def callbacks() -> None:
 @click.option("--show-numbers", is_flag=True, help="Show full numbers in the table.")
 @with_config
 def cb_list(obj: Ctx, states: tuple[str, ...], due: bool, limit: int | None, fmt: str, show_numbers: bool) -> None:
-    """List callbacks: more failures first, then longest waiting."""
+    """List callbacks: open ones first; more failures first, then longest waiting."""
     from callback_queue.callbacks import OPEN_STATES, State
 
     wanted: list[str] = []

@@ -105,15 +105,19 @@ def test_list_filters_by_state_and_due(store: Store, clock: FakeClock, queue: Ca
     def ids(**kw: object) -> list[int]:
         return [x.id for x in queue.list(**kw)]  # type: ignore[arg-type]
 
-    assert ids() == [a, b, c, d]
+    # every state: the open ones (the work) first, then the closed, each in the queue's order
+    assert ids() == [a, c, d, b]
     assert ids(states=["pending"]) == [d]
     assert ids(states=["dialing"]) == [a]
     assert ids(states=["cancelled"]) == [b]
     assert ids(states=["retry_wait", "pending"]) == [c, d]
     assert ids(due=True) == [d]  # c waits, a is claimed, b is closed
     assert ids(states=["dialing"], due=True) == []
-    assert ids(limit=2) == [a, b]
-    assert ids(limit=2, offset=2) == [c, d]
+    assert ids(limit=2) == [a, c]
+    assert ids(limit=2, offset=2) == [d, b]
+    # the API's JSON page (PostgreSQL writes it in SQL) in the same order
+    page, more = queue.list_json(viewer="alice", show_all=True, limit=3)
+    assert [x["id"] for x in json.loads(f"[{page}]")] == [a, c, d] and more
     assert ids(number="+8613800000102") == [c]
 
     clock.advance(timedelta(seconds=120))
