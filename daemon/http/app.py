@@ -7,6 +7,9 @@ module of its own under daemon/http/.
 
 from __future__ import annotations
 
+import errno
+import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from callback_queue.clock import Clock
+from callback_queue.errors import ConfigError
 from callback_queue.queue import CallbackQueue
 from callback_queue.store import Store
 
@@ -51,6 +55,8 @@ def create_app(services: Services, providers: list[RouteProvider] | None = None)
     ]
     for provider in (ROUTE_PROVIDERS if providers is None else providers):
         routes.extend(provider(services))
+    # catch-alls (`fallback = True`: every other path under /console/) after every provider's own routes
+    routes.sort(key=lambda r: bool(getattr(r, "fallback", False)))
     app = Starlette(routes=routes)
     app.state.services = services
     return app
@@ -82,21 +88,30 @@ async def _readyz(request: Request) -> Response:
 
 
 class HttpServer:
-    """uvicorn in a thread of the daemon (no signal handlers of its own: the daemon owns those)."""
+    """uvicorn in a thread of the daemon (no signal handlers of its own: the daemon owns those).
+
+    The socket is bound here, in the caller's thread, so a port that cannot be had is one ConfigError (exit 78
+    under `callbackd run`) instead of uvicorn's own error line and a dead thread; uvicorn logs through the
+    standard library, whose records `daemon.logs` sends through structlog (JSON lines off a terminal).
+    """
 
     name = "http"
 
     def __init__(self, app: Starlette, host: str, port: int) -> None:
         import uvicorn
 
+        _uvicorn_logs_to_root()
         self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                     lifespan="off", server_header=False)
+                                     lifespan="off", server_header=False, log_config=None)
         self.server = uvicorn.Server(self.config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+        self._sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=lambda: self.server.run(sockets=self._sockets), name="http",
+                                       daemon=True)
         self.log = get_logger("callbackd.http")
 
     def start(self) -> None:
+        self._sockets.append(listen(self.config.host, self.config.port))
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
@@ -117,4 +132,42 @@ class HttpServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        for sock in self._sockets:
+            sock.close()  # uvicorn closed it if it served; not if it never started
+
+
+#: why a listening socket cannot be had, and which setting to change
+_LISTEN_ERRORS = {
+    errno.EADDRINUSE: ("address already in use", "change [http] port (or stop what holds it)"),
+    errno.EACCES: ("permission denied", "choose an [http] port above 1023 (or give callbackd the right to bind)"),
+    errno.EADDRNOTAVAIL: ("no such address on this host", "change [http] host"),
+}
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn; ConfigError naming the address and the setting to change if it cannot be."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart past TIME_WAIT
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, socket.gaierror):
+            why, fix = "unknown host", "change [http] host"
+        else:
+            why, fix = _LISTEN_ERRORS.get(exc.errno or 0, (exc.strerror or str(exc), "check the [http] settings"))
+        raise ConfigError(f"cannot listen on {host}:{port}: {why} - {fix}") from None
+    return sock
+
+
+def _uvicorn_logs_to_root() -> None:
+    """uvicorn's loggers with no handlers of their own: their records reach the root logger, which
+    `daemon.logs.configure` hands to structlog (a process that configured uvicorn's logging before - a
+    `uvicorn.run` in a test, say - would otherwise keep printing its plain lines)."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        lg.propagate = True

@@ -4,14 +4,19 @@ Log in with your user name and API token; the console then keeps a session: a
 random id in an HttpOnly, SameSite=Lax cookie, stored server-side only as its
 SHA-256. Every form carries a CSRF token derived from the session id (the login
 form: a double-submit cookie); a POST without the right one gets 403.
+
+Banners after a redirect come from message codes mapped to fixed texts (console_messages.py). Times are
+shown in [daemon] timezone, which the header names once.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,19 +27,21 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from callback_queue import reports
 from callback_queue.callbacks import State
-from callback_queue.errors import CallbackdError
+from callback_queue.errors import CallbackdError, NotFound, StoreError
 from callback_queue.users import Role, User, csrf_ok, csrf_token
 
+from ..logs import get_logger
 from . import charts
 from .api import can_see_number, report_range, timeline
 from .api_schema import MAX_ID, ReportQuery
 from .app import ROUTE_PROVIDERS, Services
 from .auth import SESSION_COOKIE, HttpError, users
+from .console_messages import ERRORS, NOTICES, back_to, error_code, message
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -43,6 +50,7 @@ HERE = Path(__file__).parent
 LOGIN_CSRF_COOKIE = "callbackd_login_csrf"
 OUTCOMES = [("reached", "Reached"), ("no-answer", "No answer"), ("busy", "Busy"),
             ("wrong-number", "Wrong number"), ("declined", "Declined")]
+log = get_logger("callbackd.console")
 
 
 @cache
@@ -63,25 +71,37 @@ class Page:
     form: FormData | None
 
     def render(self, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-        tz = self.services.settings.tz
-        html = env().get_template(template).render(
-            user=self.user, csrf=csrf_token(self.session), tz=tz, local=lambda d: _local(d, tz),
-            notice=self.request.query_params.get("notice"), error=self.request.query_params.get("error"),
-            path=self.request.url.path, **ctx)
-        return HTMLResponse(html, status_code=status)
+        q = self.request.query_params
+        page = _common(self.services, self.request) | {
+            "user": self.user, "csrf": csrf_token(self.session), "notice": message(NOTICES, q, "notice"),
+            "error": message(ERRORS, q, "error")}
+        return HTMLResponse(env().get_template(template).render(page | ctx), status_code=status)
 
     def field(self, name: str, default: str = "") -> str:
         v = self.form.get(name) if self.form is not None else None
         return v if isinstance(v, str) else default
 
 
-def _local(d: Any, tz: Any) -> str:
-    return d.astimezone(tz).strftime("%Y-%m-%d %H:%M") if d else ""
+def _common(services: Services, request: Request) -> dict[str, Any]:
+    """What every page's template gets: local times, the zone's name, where "Back" goes."""
+    tz = services.settings.tz
+    return {"tz": tz, "tz_name": services.settings.daemon.timezone, "local": lambda d: _local(d, tz),
+            "local_iso": lambda v: _local(datetime.fromisoformat(v), tz), "path": request.url.path,
+            "back": back_to(request.url.path)}
 
 
-def _plain(status: int, title: str, message: str) -> HTMLResponse:
-    return HTMLResponse(env().get_template("error.html").render(title=title, message=message, user=None),
-                        status_code=status)
+def _local(d: Any, tz: Any, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return d.astimezone(tz).strftime(fmt) if d else ""
+
+
+def _plain(request: Request, status: int, title: str, text: str, *, user: User | None = None, session: str = "",
+           back: tuple[str, str] | None = None, headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The error page outside a page handler (no session, wrong role, a form's token, no such page)."""
+    ctx = _common(request.app.state.services, request) | {"title": title, "message": text, "user": user,
+                                                           "csrf": csrf_token(session) if user else ""}
+    if back is not None:
+        ctx["back"] = back
+    return HTMLResponse(env().get_template("error.html").render(ctx), status_code=status, headers=headers)
 
 
 def page(handler: Callable[[Page], Response], role: Role = Role.OPERATOR) -> Callable[[Request], Any]:
@@ -94,9 +114,11 @@ def page(handler: Callable[[Page], Response], role: Role = Role.OPERATOR) -> Cal
         if user is None:
             if request.method == "GET":
                 return RedirectResponse("/console/login?next=" + quote(request.url.path), status_code=303)
-            return _plain(401, "Not logged in", "Your session has ended: log in again.")
+            return _plain(request, 401, "Not logged in", "Your session has ended: log in again.",
+                          back=("/console/login", "Log in"))
         if role is Role.ADMIN and not user.is_admin:
-            return _plain(403, "Admins only", f"{user.name} is an operator; this page is for admins.")
+            return _plain(request, 403, "Admins only", f"{user.name} is an operator; this page is for admins.",
+                          user=user, session=session, back=("/console/", "Back to the due list"))
         form = None
         if request.method == "POST":
             # no form of ours takes files: max_files=0 refuses an upload (400) before it is spooled to a
@@ -104,8 +126,9 @@ def page(handler: Callable[[Page], Response], role: Role = Role.OPERATOR) -> Cal
             form = await request.form(max_files=0)
             given = form.get("csrf")
             if not csrf_ok(session, given if isinstance(given, str) else None):
-                return _plain(403, "Form expired", "The form's security token is missing or wrong: reload the "
-                                                   "page and try again.")
+                return _plain(request, 403, "Form expired", "The form's security token is missing or wrong: "
+                                                            "reload the page and try again.", user=user,
+                              session=session)
         return await run_in_threadpool(handler, Page(services, request, user, session, form))
 
     endpoint.__name__ = handler.__name__
@@ -119,8 +142,9 @@ def _back(url: str, **params: str) -> RedirectResponse:
 # -- login ----------------------------------------------------------------------------------------
 async def login_form(request: Request) -> Response:
     token = secrets.token_urlsafe(24)
+    login_errors = {"login": ERRORS["login"]}
     html = env().get_template("login.html").render(user=None, csrf=token, next=_next(request.query_params.get("next")),
-                                                   error=request.query_params.get("error"))
+                                                   error=message(login_errors, request.query_params, "error"))
     resp = HTMLResponse(html)
     resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/console/login",
                     secure=request.app.state.services.settings.console.secure_cookies)
@@ -135,13 +159,14 @@ async def login(request: Request) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = form.get("csrf")
     if not cookie or not isinstance(given, str) or not hmac.compare_digest(cookie, given):
-        return _plain(403, "Form expired", "The login form's security token is missing or wrong: reload it.")
+        return _plain(request, 403, "Form expired", "The login form's security token is missing or wrong: reload it.",
+                      back=("/console/login", "Back to the login form"))
     name, token = str(form.get("name", "")).strip(), str(form.get("token", "")).strip()
     lifetime = services.settings.console.session_lifetime
     got = await run_in_threadpool(users(services).login, name, token, lifetime) if name and token else None
     nxt = _next(str(form.get("next", "")))
     if got is None:
-        return _back("/console/login", error="Unknown user name or token.", next=nxt)
+        return _back("/console/login", error="login", next=nxt)
     resp = RedirectResponse(nxt, status_code=303)
     resp.set_cookie(SESSION_COOKIE, got[1], max_age=int(lifetime.total_seconds()), httponly=True, samesite="lax",
                     path="/", secure=services.settings.console.secure_cookies)
@@ -173,7 +198,7 @@ def due_list(p: Page) -> Response:
 def claim_next(p: Page) -> Response:
     got = p.services.queue.claim(p.user.name, 1)
     if not got:
-        return _back("/console/", notice="Nothing is due right now.")
+        return _back("/console/", notice="nothing_due")
     return _back(f"/console/callbacks/{got[0].id}")
 
 
@@ -186,7 +211,10 @@ def _guard(p: Page, fn: Callable[[], Response], cid: int) -> Response:
     try:
         return fn()
     except (CallbackdError, ValueError) as exc:
-        return _back(f"/console/callbacks/{cid}", error=str(exc))
+        code = error_code(exc)
+        if code in ("store", "failed"):
+            log.warning("console.action_failed", path=p.request.url.path, user=p.user.name, error=str(exc))
+        return _back(f"/console/callbacks/{cid}", error=code, id=str(cid))
 
 
 def claim_one(p: Page) -> Response:
@@ -199,13 +227,32 @@ def show(p: Page) -> Response:
     cid = _cid(p)
     try:
         d = p.services.queue.get(cid)
-    except CallbackdError as exc:
-        return p.render("error.html", status=404, title="Not found", message=str(exc))
+    except NotFound:
+        return p.render("error.html", status=404, title="Not found",
+                        message=f"There is no callback {p.request.path_params['callback_id']}.")
+    except StoreError:
+        return p.render("error.html", status=503, title="Database unavailable", message=ERRORS["store"],
+                        back=(p.request.url.path, "Try again"))
     c = d.callback
     show_number = can_see_number(p.user, c)
     return p.render("callback.html", c=c, number=c.number if show_number else c.as_json(show_number=False)["number"],
                     held=c.state is State.DIALING and c.claimed_by == p.user.name,
-                    timeline=timeline(d, show_number), outcomes=OUTCOMES)
+                    timeline=local_timeline(timeline(d, show_number), p.services.settings.tz), outcomes=OUTCOMES)
+
+
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})")
+
+
+def local_timeline(items: list[dict[str, Any]], tz: Any) -> list[dict[str, Any]]:
+    """The API's timeline (UTC ISO times) for the page: each item's time, and the times in its details
+    (a claim's lease_until, ...), in the local zone."""
+    fmt = "%Y-%m-%d %H:%M:%S"
+    for i in items:
+        i["local"] = _local(datetime.fromisoformat(i["at"]), tz, fmt)
+        if i.get("detail"):
+            i["detail"] = {k: _local(datetime.fromisoformat(v), tz, fmt)
+                           if isinstance(v, str) and _ISO_TIME.fullmatch(v) else v for k, v in i["detail"].items()}
+    return items
 
 
 def close(p: Page) -> Response:
@@ -213,7 +260,7 @@ def close(p: Page) -> Response:
 
     def run() -> Response:
         c = p.services.queue.close(cid, p.user.name, p.field("outcome"), p.field("note").strip() or None)
-        return _back("/console/", notice=f"Callback {c.id}: {c.state.value.replace('_', ' ')}.")
+        return _back("/console/", notice="closed", id=str(c.id), state=c.state.value)
 
     return _guard(p, run, cid)
 
@@ -223,7 +270,7 @@ def release(p: Page) -> Response:
 
     def run() -> Response:
         p.services.queue.release(cid, p.user.name, note=p.field("note").strip() or None)
-        return _back("/console/", notice=f"Callback {cid} is back in the queue.")
+        return _back("/console/", notice="released", id=str(cid))
 
     return _guard(p, run, cid)
 
@@ -232,11 +279,11 @@ def cancel(p: Page) -> Response:
     cid = _cid(p)
     reason = p.field("reason").strip()
     if not reason:
-        return _back(f"/console/callbacks/{cid}", error="Say why the callback is cancelled.")
+        return _back(f"/console/callbacks/{cid}", error="reason", id=str(cid))
 
     def run() -> Response:
         p.services.queue.cancel(cid, p.user.name, reason[:500])
-        return _back("/console/", notice=f"Callback {cid} cancelled.")
+        return _back("/console/", notice="cancelled", id=str(cid))
 
     return _guard(p, run, cid)
 
@@ -271,20 +318,42 @@ def _runs(hours: list[int]) -> list[tuple[int, int]]:
     return out
 
 
+class BadReport(ValueError):
+    """A report's form was filled in wrong: the text says which field and how."""
+
+
 def _report(p: Page) -> tuple[reports.Report, ReportQuery]:
-    q = ReportQuery.model_validate({k: v for k, v in p.request.query_params.items() if k in ReportQuery.model_fields
-                                    and v})
-    since, until = report_range(p.services, q.since, q.until)
+    try:
+        q = ReportQuery.model_validate(_report_form(p.request))
+        since, until = report_range(p.services, q.since, q.until)
+    except ValidationError as exc:
+        raise BadReport("; ".join(_field_error(e) for e in exc.errors())) from None
+    except HttpError as exc:
+        raise BadReport(exc.message) from None
     s = p.services.settings
     return reports.build(p.services.store, s.tz, since, until, by=q.by, sla=s.console.report_sla), q
+
+
+def _report_form(request: Request) -> dict[str, str]:
+    return {k: v for k, v in request.query_params.items() if k in ("since", "until", "by") and v}
+
+
+def _field_error(e: Any) -> str:
+    field = ".".join(str(x) for x in e["loc"]) or "the form"
+    if e["type"].startswith("date"):
+        return f"{field}: not a date (YYYY-MM-DD)"
+    if e["type"] == "literal_error":
+        return f"{field}: {e['msg'].replace('Input should be', 'must be')}"
+    return f"{field}: {e['msg'].removeprefix('Value error, ')}"
 
 
 def report_page(p: Page) -> Response:
     try:
         rep, q = _report(p)
-    except (ValidationError, HttpError, ValueError) as exc:
-        return p.render("error.html", status=400, title="Bad report range", message=str(exc))
+    except BadReport as exc:  # the page again, with its form as sent and what is wrong with it
+        return p.render("reports.html", status=400, rep=None, form=_report_form(p.request), error=str(exc))
     return p.render("reports.html", rep=rep, q=q, labels=reports.LABELS, fields=reports.FIELDS,
+                    form={"since": str(rep.since), "until": str(rep.until), "by": rep.by},
                     reach_svg=charts.bars(rep.rows, ("flagged", "within_sla", "reached")),
                     rating_svg=charts.bars(rep.rows, ("sms_sent", "sms_delivered", "rated", "satisfied", "resolved")),
                     csv_url="/console/reports.csv?" + urlencode({"since": rep.since, "until": rep.until, "by": rep.by}))
@@ -293,8 +362,9 @@ def report_page(p: Page) -> Response:
 def report_csv(p: Page) -> Response:
     try:
         rep, _ = _report(p)
-    except (ValidationError, HttpError, ValueError) as exc:
-        return p.render("error.html", status=400, title="Bad report range", message=str(exc))
+    except BadReport as exc:
+        return p.render("error.html", status=400, title="Bad report range", message=str(exc),
+                        back=("/console/reports?" + urlencode(_report_form(p.request)), "Back to the reports"))
     return Response(rep.csv(), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="callbackd-report-{rep.since}-{rep.until}-{rep.by}.csv"'})
 
@@ -303,9 +373,39 @@ async def root(request: Request) -> Response:
     return RedirectResponse("/console/", status_code=307)
 
 
+class ConsoleFallback(Route):
+    """Every other path under /console/: the console's own 404 (or 405) page, not Starlette's plain text.
+    create_app puts it after every provider's routes (`fallback`)."""
+
+    fallback = True
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        super().__init__("/console/{rest:path}", self.answer)
+        self.methods = None  # any method: answer() says 405 or 404 itself
+        self.routes = routes
+
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        if scope["type"] == "http" and scope["path"].startswith("/console/"):
+            return Match.FULL, {"endpoint": self.endpoint, "path_params": {}}
+        return Match.NONE, {}
+
+    async def answer(self, request: Request) -> Response:
+        services: Services = request.app.state.services
+        session = request.cookies.get(SESSION_COOKIE, "")
+        user = await run_in_threadpool(users(services).by_session, session) if session else None
+        if user is None and request.method == "GET":  # as every console page: log in first
+            return RedirectResponse("/console/login?next=" + quote(request.url.path), status_code=303)
+        allowed = sorted({m for r in self.routes if isinstance(r, Route) and r is not self
+                          for m in (r.methods or ()) if r.matches(request.scope)[0] is Match.PARTIAL})
+        if allowed:
+            return _plain(request, 405, "Not allowed", f"{request.method} is not allowed here.", user=user,
+                          session=session, headers={"Allow": ", ".join(allowed)})
+        return _plain(request, 404, "Not found", "There is no such page in the console.", user=user, session=session)
+
+
 def console_routes(services: Services) -> list[BaseRoute]:
     cb = "/console/callbacks/{callback_id:int}"
-    return [
+    routes: list[BaseRoute] = [
         Route("/", root, methods=["GET"]),
         Route("/console", root, methods=["GET"]),
         Route("/console/login", login_form, methods=["GET"]),
@@ -323,6 +423,7 @@ def console_routes(services: Services) -> list[BaseRoute]:
         Route("/console/reports.csv", page(report_csv, Role.ADMIN), methods=["GET"]),
         Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
     ]
+    return [*routes, ConsoleFallback(routes)]
 
 
 ROUTE_PROVIDERS.append(console_routes)
