@@ -90,8 +90,8 @@ async def _readyz(request: Request) -> Response:
 class HttpServer:
     """uvicorn in a thread of the daemon (no signal handlers of its own: the daemon owns those).
 
-    The socket is bound here, in the caller's thread, so a port that cannot be had is one ConfigError (exit 78
-    under `callbackd run`) instead of uvicorn's own error line and a dead thread; uvicorn logs through the
+    The socket is bound when it is made, in the caller's thread, so a port that cannot be had is one ConfigError
+    (exit 78 under `callbackd run`) instead of uvicorn's own error line and a dead thread; uvicorn logs through the
     standard library, whose records `daemon.logs` sends through structlog (JSON lines off a terminal).
     """
 
@@ -105,13 +105,14 @@ class HttpServer:
                                      lifespan="off", server_header=False, log_config=None)
         self.server = uvicorn.Server(self.config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._sockets: list[socket.socket] = []
+        # bound now, before the daemon starts anything: a port that cannot be had stops it before its sources
+        # and jobs start (and stop again)
+        self._sockets: list[socket.socket] = [listen(host, port)]
         self.thread = threading.Thread(target=lambda: self.server.run(sockets=self._sockets), name="http",
                                        daemon=True)
         self.log = get_logger("callbackd.http")
 
     def start(self) -> None:
-        self._sockets.append(listen(self.config.host, self.config.port))
         self.thread.start()
         deadline = time.monotonic() + 15
         while not self.server.started:
