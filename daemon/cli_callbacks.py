@@ -24,7 +24,9 @@ def _local(dt: datetime | None, tz: Any) -> str:
     return dt.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if dt else ""
 
 
-def _emit(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], title: str | None = None) -> None:
+def _emit(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], title: str | None = None,
+          column_options: dict[str, dict[str, Any]] | None = None) -> None:
+    """Rows as a JSON array, CSV, or a table (`column_options`: rich's add_column keywords per column)."""
     if fmt == "json":
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -39,12 +41,19 @@ def _emit(rows: list[dict[str, Any]], fmt: str, columns: tuple[str, ...], title:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(file=sys.stdout, width=_table_width())
     table = Table(title=title, show_lines=False)
     for c in columns:
-        table.add_column(c.replace("_", " "))
-    for r in rows:
-        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
-    Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200).print(table)
+        table.add_column(c.replace("_", " "), **(column_options or {}).get(c, {}))
+    for r in rows:  # values are data, not rich markup: a raw line or a note may hold "[/...]" or end in "\"
+        table.add_row(*(console.render_str("" if r.get(c) is None else str(r.get(c)), markup=False)
+                        for c in columns))
+    console.print(table)
+
+
+def _table_width() -> int | None:
+    """The terminal's width (rich finds it); 200 columns when the output is not a terminal."""
+    return None if sys.stdout.isatty() else 200
 
 
 def _table_row(c: Any, tz: Any, show: bool) -> dict[str, Any]:
@@ -110,8 +119,7 @@ def cb_show(obj: Ctx, callback_id: int, fmt: str, show_numbers: bool) -> None:
     if fmt == "json":
         click.echo(json.dumps({
             "callback": d.callback.as_json(),
-            "attempts": [{**a.__dict__} if hasattr(a, "__dict__") else {f: getattr(a, f) for f in a.__slots__}
-                         for a in d.attempts],
+            "attempts": [_attempt_json(a) for a in d.attempts],
             "events": [{"at": e.at.isoformat().replace("+00:00", "Z"), "actor": e.actor, "event": e.event,
                         "from_state": e.from_state, "to_state": e.to_state, "detail": e.detail} for e in d.events],
         }, ensure_ascii=False, indent=2))
@@ -132,6 +140,25 @@ def cb_show(obj: Ctx, callback_id: int, fmt: str, show_numbers: bool) -> None:
     _emit([{"at": _local(e.at, tz), "actor": e.actor, "event": e.event, "change": _change(e.from_state, e.to_state),
             "detail": json.dumps(_local_detail(e.detail, tz), ensure_ascii=False, sort_keys=True) if e.detail else ""}
            for e in d.events], "table", ("at", "actor", "event", "change", "detail"), title="history")
+
+
+def _attempt_json(a: Any) -> dict[str, Any]:
+    """An attempt's fields, its epoch started_ts/ended_ts each followed by the same time as UTC ISO
+    (`started_at`, `ended_at`: "...Z", as the API's timeline writes an attempt's time)."""
+    from dataclasses import fields
+
+    out: dict[str, Any] = {}
+    for f in fields(a):
+        out[f.name] = value = getattr(a, f.name)
+        if f.name in ("started_ts", "ended_ts"):
+            out[f.name.removesuffix("_ts") + "_at"] = _utc_iso(value)
+    return out
+
+
+def _utc_iso(ts: int | None) -> str | None:
+    from callback_queue.clock import utc_from_ts
+
+    return None if ts is None else utc_from_ts(ts).isoformat().replace("+00:00", "Z")
 
 
 def _change(before: str | None, after: str | None) -> str:
@@ -241,29 +268,83 @@ def deadletters() -> None:
 @deadletters.command("list")
 @click.option("--source", default=None, help="Only this source (e.g. queue_log:pbx).")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
+              help="json and csv carry the whole line, as `raw` (escaped text) and `raw_base64` (its exact "
+                   "bytes), and UTC times; the table shows local times and the start of `raw`.")
 @with_config
 def dl_list(obj: Ctx, source: str | None, limit: int, fmt: str) -> None:
-    """Newest first. Raw bytes are shown escaped (json/csv: also base64)."""
+    """Newest first: where each line was read, why it was refused, and the line itself.
+
+    `raw` is the line as text, escaped: \\xNN for a byte that is not UTF-8 or an ASCII control character,
+    \\n, \\r, \\t, \\\\ for a backslash, \\uNNNN for an invisible Unicode character; the rest as is.
+    """
     import base64
 
     import sqlalchemy as sa
 
     from callback_queue import schema as t
 
-    store = _store(obj)
-    q = sa.select(t.dead_letters).order_by(t.dead_letters.c.id.desc()).limit(limit)
+    dl = t.dead_letters
+    q = sa.select(dl).order_by(dl.c.id.desc()).limit(limit)
+    count = sa.select(sa.func.count()).select_from(dl)
     if source:
-        q = q.where(t.dead_letters.c.source == source)
-    with store.read() as conn:
+        q, count = q.where(dl.c.source == source), count.where(dl.c.source == source)
+    with _store(obj).read() as conn:
         rows = conn.execute(q).all()
-        total = conn.execute(sa.select(sa.func.count()).select_from(t.dead_letters)).scalar()
-    out = [{"id": r.id, "source": r.source, "position": r.position, "reason": r.reason,
-            "raw": r.raw.decode("utf-8", "backslashreplace")[:200],
-            "raw_base64": base64.b64encode(r.raw).decode(), "created_at": r.created_at.isoformat()} for r in rows]
-    cols = ("id", "source", "position", "reason", "raw") if fmt == "table" else \
-        ("id", "source", "position", "reason", "raw", "raw_base64", "created_at")
-    _emit(out, fmt, cols, title=f"dead letters ({len(out)} of {total})")
+        total = conn.execute(count).scalar()
+    if fmt != "table":
+        _emit([{"id": r.id, "source": r.source, "position": r.position, "reason": r.reason, "raw": escape_raw(r.raw),
+                "raw_base64": base64.b64encode(r.raw).decode(),
+                "created_at": r.created_at.isoformat().replace("+00:00", "Z")} for r in rows], fmt,
+              ("id", "source", "position", "reason", "raw", "raw_base64", "created_at"))
+        return
+    tz = obj.settings.tz
+    _emit([{"id": r.id, "created_at": _local(r.created_at, tz), "source": r.source, "position": r.position,
+            "reason": r.reason, "raw": _clip(escape_raw(r.raw[:RAW_SHOWN * 4]), RAW_SHOWN)} for r in rows],
+          fmt, ("id", "created_at", "source", "position", "reason", "raw"),
+          title=f"dead letters ({len(rows)} of {total}; times in {obj.settings.daemon.timezone})",
+          column_options=DL_COLUMNS)
+
+
+#: terminal columns of a dead letter's raw line the table shows (a CJK character takes two)
+RAW_SHOWN = 60
+#: the dead-letter table fits a terminal: the reason and a long position wrap, raw is cut, the rest stays whole
+DL_COLUMNS: dict[str, dict[str, Any]] = {
+    "id": {"no_wrap": True}, "created_at": {"no_wrap": True, "min_width": 19},
+    "source": {"min_width": 6, "overflow": "fold"}, "position": {"min_width": 8, "max_width": 28, "overflow": "fold"},
+    "reason": {"min_width": 10, "max_width": 36, "overflow": "fold"}, "raw": {"min_width": 10, "overflow": "fold"},
+}
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cn", "Zl", "Zp"})
+
+
+def escape_raw(raw: bytes) -> str:
+    """A raw line as one line of text that gives back its bytes: UTF-8 as is, except a byte that is not UTF-8
+    or an ASCII control character as \\xNN (\\n, \\r, \\t for those three), a backslash as \\\\, and an
+    invisible character (control, format, line or paragraph separator, unassigned) as \\uNNNN."""
+    import unicodedata
+
+    out = []
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:                 # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif unicodedata.category(ch) in _INVISIBLE:
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _clip(text: str, cells: int) -> str:
+    """At most `cells` terminal cells of text (a CJK character takes two), "…" at the end if cut."""
+    from rich.text import Text
+
+    shown = Text(text)
+    shown.truncate(cells, overflow="ellipsis")
+    return shown.plain
 
 
 @cli.command()

@@ -99,14 +99,39 @@ def sms_list(obj: Ctx, limit: int, fmt: str, show_numbers: bool) -> None:
 
 
 @sms.command("send-now")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: the tick's counts and errors as one JSON object, for scripts.")
 @with_config
-def sms_send_now(obj: Ctx) -> None:
-    """Run the outbox once (what the daemon does every [sms] poll_interval)."""
+def sms_send_now(obj: Ctx, fmt: str) -> None:
+    """Run the outbox once (what the daemon does every [sms] poll_interval).
+
+    Prints what the run did, e.g. `SMS outbox: 2 queued, 2 sent`; errors (a send whose outcome is
+    unknown, a provider that could not be asked) follow on stderr, one a line.
+    """
     from sms.service import build_outbox
 
     _setup_logs(obj, quiet=True)
     stats = build_outbox(obj.settings, _store(obj), _clock()).tick()
-    click.echo(json.dumps({k: v for k, v in stats.__dict__.items()}, ensure_ascii=False))
+    if fmt == "json":
+        click.echo(json.dumps(dict(stats.__dict__), ensure_ascii=False))
+        return
+    click.echo(f"SMS outbox: {_tick_summary(stats)}")
+    for error in stats.errors:
+        click.echo(f"  error: {error}", err=True)
+
+
+#: what `sms send-now` counts, in the order a message goes through the outbox
+_TICK_COUNTS = (("queued", "queued"), ("sent", "sent"), ("retried", "to be retried"), ("failed", "failed"),
+                ("skipped", "skipped (do-not-contact or no route)"), ("reconciled", "found sent when reconciled"),
+                ("settled", "callbacks settled by an earlier SMS"))
+
+
+def _tick_summary(stats: Any) -> str:
+    """`2 queued, 2 sent` (only what happened), or `nothing to do`; `1 error` at the end if any."""
+    parts = [f"{getattr(stats, k)} {label}" for k, label in _TICK_COUNTS if getattr(stats, k)]
+    if stats.errors:
+        parts.append(f"{len(stats.errors)} {'error' if len(stats.errors) == 1 else 'errors'}")
+    return ", ".join(parts) or "nothing to do"
 
 
 # -- followups --------------------------------------------------------------------------------
@@ -177,32 +202,44 @@ def dnc() -> None:
 
 @dnc.command("add")
 @click.argument("number")
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="Why (kept with the entry).")
+@click.option("--operator", default=None,
+              help="Who lists it, as the cancelled callbacks' history shows (default: $CALLBACKD_OPERATOR or "
+                   "the login name).")
 @with_config
-def dnc_add(obj: Ctx, number: str, reason: str | None) -> None:
-    """List a number (its open callbacks are cancelled)."""
+def dnc_add(obj: Ctx, number: str, reason: str | None, operator: str | None) -> None:
+    """List a number (its open callbacks are cancelled). Exit 0 if it was already listed."""
+    from callback_queue.numbers import mask
     from sms.contacts import DoNotContact
 
     e164 = _normalize(obj)(number)
     if not e164:
         raise click.BadParameter(f"{number!r} is not a phone number", param_hint="NUMBER")
-    added, cancelled = DoNotContact(_store(obj), _clock()).add(e164, "operator", reason, actor=default_operator())
-    click.echo(f"{e164}: {'added' if added else 'already listed'}"
-               + (f"; cancelled callbacks {', '.join(map(str, cancelled))}" if cancelled else ""))
+    added, cancelled = DoNotContact(_store(obj), _clock()).add(e164, "operator", reason,
+                                                               actor=operator or default_operator())
+    head = f"added {mask(e164)}" if added else f"{mask(e164)} is already on the list"
+    click.echo(f"{head}; {_cancelled(cancelled)}")
+
+
+def _cancelled(ids: list[int]) -> str:
+    """`cancelled callback 3`, `cancelled callbacks 3, 7` or `no open callback`."""
+    if not ids:
+        return "no open callback"
+    return f"cancelled callback{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
 
 
 @dnc.command("remove")
 @click.argument("number")
 @with_config
 def dnc_remove(obj: Ctx, number: str) -> None:
-    """Take a number off the list."""
+    """Take a number off the list. Exit 0 if it was not on it."""
+    from callback_queue.numbers import mask
     from sms.contacts import DoNotContact
 
-    e164 = _normalize(obj)(number) or number
-    removed = DoNotContact(_store(obj), _clock()).remove(e164)
-    click.echo(f"{e164}: {'removed' if removed else 'was not listed'}")
-    if not removed:
-        sys.exit(1)
+    e164 = _normalize(obj)(number)
+    removed = DoNotContact(_store(obj), _clock()).remove(e164 or number)
+    shown = mask(e164) if e164 else repr(number)     # not a number: as typed, in case it was listed so
+    click.echo(f"removed {shown}" if removed else f"{shown} is not on the list")
 
 
 @dnc.command("list")

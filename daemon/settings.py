@@ -535,8 +535,10 @@ def _explain(exc: ValidationError, path: Path | None, from_env: dict[tuple[str, 
         loc = tuple(str(p) for p in err["loc"])
         field = ".".join(loc) or "(top level)"
         msg = err["msg"]
+        hint = ""
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"
+            hint = _did_you_mean(loc, from_env)
         elif err["type"] == "missing":
             msg = "required setting is missing"
         given = err.get("input")
@@ -553,10 +555,57 @@ def _explain(exc: ValidationError, path: Path | None, from_env: dict[tuple[str, 
             shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
         in_env |= var is not None
         in_file |= var is None
-        lines.append(f"  {field}: {msg.removeprefix('Value error, ')}{shown}")
+        lines.append(f"  {field}: {msg.removeprefix('Value error, ')}{shown}{hint}")
     where = [f"in {path}"] if path and in_file else []
     where += ["from the environment"] if in_env else []
     return "\n".join([" ".join(["invalid configuration", " and ".join(where)]).rstrip() + ":", *lines])
+
+
+def _did_you_mean(loc: tuple[str, ...], from_env: dict[tuple[str, ...], str]) -> str:
+    """`; did you mean 'threshold'?` for an unknown key close to a setting of its table (the variable's
+    name too when a CALLBACKD_* variable set it); empty when none is close."""
+    import difflib
+
+    model = _model_at(loc[:-1])
+    if model is None:
+        return ""
+    names = [name for name, f in model.model_fields.items() if not f.exclude]
+    close = difflib.get_close_matches(loc[-1].lower(), names, n=1)
+    if not close:
+        return ""
+    if loc in from_env:
+        return f"; did you mean '{close[0]}' ({ENV_PREFIX}{'__'.join((*loc[:-1], close[0])).upper()})?"
+    return f"; did you mean '{close[0]}'?"
+
+
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel] | None:
+    """The settings model of the table at `loc` (("detect",) -> DetectSettings; through optional tables,
+    lists of tables and tables of tables: ("sources", "ami", "0") -> AmiSourceSettings)."""
+    import typing
+
+    model: type[BaseModel] = Settings
+    ann: Any = None
+    for name in loc:
+        if ann is not None and typing.get_origin(ann) in (list, dict):   # an item of a list or a table of tables
+            item = typing.get_args(ann)[-1]
+            if not (isinstance(item, type) and issubclass(item, BaseModel)):
+                return None
+            model, ann = item, None
+            continue
+        field = model.model_fields.get(name)
+        if field is None:
+            return None
+        ann = field.annotation
+        for a in (ann, *typing.get_args(ann)):                       # Model, Model | None
+            if typing.get_origin(a) in (list, dict):
+                ann = a
+                break
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                model, ann = a, None
+                break
+        else:
+            return None
+    return None if ann is not None else model
 
 
 def _holds_tables(loc: tuple[str, ...]) -> bool:

@@ -30,9 +30,22 @@ def _ranges(v: Any) -> list[str]:
         v = [v]
     if not isinstance(v, list):
         raise ValueError('a list of time ranges such as ["12:00-13:30", "18:30-20:30"] is needed')
+    bad = []
     for item in v:
-        TimeRange.parse(str(item))
+        try:
+            TimeRange.parse(str(item))
+        except ValueError:
+            bad.append(str(item))
+    if bad:
+        what = "is not a time range" if len(bad) == 1 else "are not time ranges"
+        raise ValueError(f"{_items(bad)} {what} such as '12:00-13:30'")
     return [str(x) for x in v]
+
+
+def _items(bad: list[str]) -> str:
+    """'a', 'a' and 'b', 'a', 'b' and 'c': every entry at fault, so one run of `config check` names them all."""
+    quoted = [repr(x) for x in bad]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 Ranges = Annotated[list[str], BeforeValidator(_ranges)]
@@ -94,6 +107,7 @@ class ScheduleSettings(_Section):
     def _closures(cls, v: list[str]) -> list[str]:
         from datetime import date, datetime
 
+        bad = []
         for item in v:
             try:
                 if "/" in item:
@@ -101,8 +115,11 @@ class ScheduleSettings(_Section):
                     datetime.fromisoformat(a), datetime.fromisoformat(b)
                 else:
                     date.fromisoformat(item)
-            except ValueError as exc:
-                raise ValueError(f"{item!r} is not a date or a start/end range") from exc
+            except ValueError:
+                bad.append(item)
+        if bad:
+            what = "is not a date or a start/end range" if len(bad) == 1 else "are not dates or start/end ranges"
+            raise ValueError(f"{_items(bad)} {what}")
         return v
 
 
