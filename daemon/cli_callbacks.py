@@ -352,10 +352,14 @@ def _clip(text: str, cells: int) -> str:
               help="Folder for the demo's config, database and queue_log.")
 @click.option("--calls-per-minute", type=click.FloatRange(0.1, 600), default=20.0, show_default=True)
 @click.option("--duration", type=click.FloatRange(1), default=None, help="Stop after this many seconds.")
-def demo(folder: str, calls_per_minute: float, duration: float | None) -> None:
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="HTTP port of the console and rating pages (default: the demo config's, 8080 when new).")
+def demo(folder: str, calls_per_minute: float, duration: float | None, port: int | None) -> None:
     """Run the daemon on SQLite, tailing a queue_log that a bundled traffic player writes."""
     import threading
     from pathlib import Path
+
+    from callback_queue.errors import ConfigError
 
     from .app import Daemon
     from .demo import DEMO_CONFIG, TrafficPlayer
@@ -366,8 +370,16 @@ def demo(folder: str, calls_per_minute: float, duration: float | None) -> None:
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "callbackd.toml"
     if not cfg.exists():
-        cfg.write_text(DEMO_CONFIG, encoding="utf-8")
-    settings = load_settings(cfg)
+        new_port = port or 8080
+        cfg.write_text(DEMO_CONFIG.replace(":8080", f":{new_port}").replace("port = 8080", f"port = {new_port}"),
+                       encoding="utf-8")
+    try:
+        settings = load_settings(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if port is not None and settings.http.port != port:     # an existing demo folder, another port this time
+        settings = settings.model_copy(update={"http": settings.http.model_copy(
+            update={"port": port, "public_url": f"http://127.0.0.1:{port}"})})
     configure(settings.daemon.log_level, settings.daemon.log_format)
     from .app import open_store
 
@@ -380,13 +392,23 @@ def demo(folder: str, calls_per_minute: float, duration: float | None) -> None:
                f"in another terminal, watch the queue:\n"
                f"  .venv/bin/callbackd --config {cfg} callbacks list\n"
                f"  .venv/bin/callbackd --config {cfg} callbacks claim --operator alice\n"
+               f"web console: http://{settings.http.host}:{settings.http.port}/console/ (a user first: "
+               f".venv/bin/callbackd --config {cfg} users add alice --role operator)\n"
                f"Ctrl-C stops.\n", err=True)
     t = threading.Thread(target=player.run, kwargs={"duration": duration}, name="traffic-player", daemon=True)
     t.start()
     d = Daemon(settings, store=store)
-    if duration is not None:
-        threading.Timer(duration + 2, d.stop).start()
-    code = d.run()
-    player.stop()
-    t.join(timeout=5)
+    timer = threading.Timer(duration + 2, d.stop) if duration is not None else None
+    if timer is not None:
+        timer.start()
+    try:
+        code = d.run()
+    except ConfigError as exc:      # e.g. the port is taken: one line, as under `callbackd run`
+        click.echo(f"callbackd: {exc}", err=True)
+        code = 78
+    finally:
+        player.stop()
+        t.join(timeout=5)
+        if timer is not None:
+            timer.cancel()
     sys.exit(code)

@@ -38,6 +38,7 @@ poll_interval = "0.5s"
 
 [http]
 port = 8080
+public_url = "http://127.0.0.1:8080"   # rating links in the demo's SMS open on this machine
 
 # The demo calls back around the clock so you can claim right away. A real hotline uses
 # off-peak windows, e.g. workday = ["12:00-13:30", "18:30-20:30"] and quiet_hours = ["21:00-08:30"]
