@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
 
 
 def _duration(v: Any) -> timedelta:
@@ -123,10 +123,14 @@ class ScheduleSettings(_Section):
         return v
 
 
+#: the tables a dialer module reads from under [dialer] (its own settings model validates them)
+DIALER_TABLES = ("ami",)
+
+
 class DialerSettings(_Section):
     """Who places callbacks: operators from the list (manual), or the PBX / Twilio automatically."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)  # [dialer.ami], [dialer.twilio] are their modules'
+    model_config = ConfigDict(extra="allow", frozen=True)  # [dialer.ami] is its module's (DIALER_TABLES)
     kind: Literal["manual", "ami", "twilio"] = "manual"
     lease: Duration = Field(default=timedelta(minutes=10),
                             description="how long a placed call may take before it is reconciled")
@@ -134,3 +138,17 @@ class DialerSettings(_Section):
                                                                      "for free dialer slots")
     drain_timeout: Duration = Field(default=timedelta(seconds=30), description="on stop, wait this long for "
                                     "calls under way to end (keep it below the unit's TimeoutStopSec)")
+
+    @model_validator(mode="after")
+    def _only_dialer_tables(self) -> DialerSettings:
+        """Besides its own keys, [dialer] holds only its dialers' tables ([dialer.ami]): a misspelt key is an
+        error, not a setting silently ignored."""
+        import difflib
+
+        for key, value in (self.model_extra or {}).items():
+            if key not in DIALER_TABLES:
+                near = difflib.get_close_matches(key, [*type(self).model_fields, *DIALER_TABLES], n=1)
+                raise ValueError(f"unknown setting {key!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+            if not isinstance(value, dict):
+                raise ValueError(f"[dialer.{key}] must be a table")
+        return self

@@ -195,7 +195,7 @@ class QueueLogParser:
             if not text.strip():
                 return DeadLetter(self.source, position, line, "empty line")
             return DeadLetter(self.source, position, line,
-                              f"queue_log line has {len(f)} fields; at least 5 expected "
+                              f"queue_log line has {len(f)} field{'' if len(f) == 1 else 's'}; at least 5 expected "
                               "(time|callid|queue|agent|event)")
         t = f[0]
         ts = int(t) if _num(t) and len(t) <= 12 else self._time(t)   # (int() refuses 4,300+ digits)

@@ -76,3 +76,15 @@ def test_three_bad_entries_are_listed_with_commas(tmp_path: Path) -> None:
     line = _line(_error(tmp_path, '[schedule.learned]\nallowed = ["a", "08:00-20:00", "b", "c"]\n'),
                  "schedule.learned.allowed")
     assert line.startswith("  schedule.learned.allowed: 'a', 'b' and 'c' are not time ranges")
+
+
+def test_dialer_refuses_a_misspelt_key_and_a_dialer_table_that_is_not_a_table(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dialer]\nkindd = "ami"\n')
+    with pytest.raises(ConfigError, match=r"dialer: unknown setting 'kindd'; did you mean 'kind'\?"):
+        load_settings(cfg, env={})
+    cfg.write_text('[dialer]\nami = 3\n')
+    with pytest.raises(ConfigError, match=r"\[dialer.ami\] must be a table"):
+        load_settings(cfg, env={})
+    cfg.write_text('[dialer]\nkind = "manual"\n[dialer.ami]\npbx = "a"\n')
+    assert load_settings(cfg, env={}).dialer.model_extra == {"ami": {"pbx": "a"}}
