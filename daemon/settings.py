@@ -502,6 +502,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         node[parts[-1]] = _env_value(raw)
         from_env[tuple(parts)] = key
     base = cfg_path.parent if cfg_path is not None else Path.cwd()
+    if "origin" in data:    # the model's own note of where it was read from, not a setting
+        where = from_env.get(("origin",)) or cfg_path
+        raise ConfigError(f"invalid configuration{f' in {where}' if where else ''}:\n  origin: unknown setting")
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

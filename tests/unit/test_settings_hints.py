@@ -88,3 +88,12 @@ def test_dialer_refuses_a_misspelt_key_and_a_dialer_table_that_is_not_a_table(tm
         load_settings(cfg, env={})
     cfg.write_text('[dialer]\nkind = "manual"\n[dialer.ami]\npbx = "a"\n')
     assert load_settings(cfg, env={}).dialer.model_extra == {"ami": {"pbx": "a"}}
+
+
+def test_origin_is_not_a_setting(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('origin = "elsewhere"\n')
+    with pytest.raises(ConfigError, match=r"origin: unknown setting"):
+        load_settings(cfg, env={})
+    cfg.write_text("")
+    assert load_settings(cfg, env={}).origin == str(cfg)
