@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,8 +272,10 @@ def deadletters() -> None:
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
               help="json and csv carry the whole line, as `raw` (escaped text) and `raw_base64` (its exact "
                    "bytes), and UTC times; the table shows local times and the start of `raw`.")
+@click.option("--show-numbers", is_flag=True, help="Table: show runs of 7 or more digits (phone numbers, "
+                                                   "but also times) in full instead of masked.")
 @with_config
-def dl_list(obj: Ctx, source: str | None, limit: int, fmt: str) -> None:
+def dl_list(obj: Ctx, source: str | None, limit: int, fmt: str, show_numbers: bool) -> None:
     """Newest first: where each line was read, why it was refused, and the line itself.
 
     `raw` is the line as text, escaped: \\xNN for a byte that is not UTF-8 or an ASCII control character,
@@ -300,7 +303,8 @@ def dl_list(obj: Ctx, source: str | None, limit: int, fmt: str) -> None:
         return
     tz = obj.settings.tz
     _emit([{"id": r.id, "created_at": _local(r.created_at, tz), "source": r.source, "position": r.position,
-            "reason": r.reason, "raw": _clip(escape_raw(r.raw[:RAW_SHOWN * 4]), RAW_SHOWN)} for r in rows],
+            "reason": r.reason,
+            "raw": _raw_cell(r.raw, show_numbers)} for r in rows],
           fmt, ("id", "created_at", "source", "position", "reason", "raw"),
           title=f"dead letters ({len(rows)} of {total}; times in {obj.settings.daemon.timezone})",
           column_options=DL_COLUMNS)
@@ -315,6 +319,21 @@ DL_COLUMNS: dict[str, dict[str, Any]] = {
     "reason": {"min_width": 10, "max_width": 36, "overflow": "fold"}, "raw": {"min_width": 10, "overflow": "fold"},
 }
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: a run of 7 or more digits in free text (a dead letter's raw line): maybe a phone number, masked in tables
+_DIGIT_RUN = re.compile(r"\+?\d{7,}")
+
+
+def _raw_cell(raw: bytes, show_numbers: bool) -> str:
+    """The start of a dead letter's raw line for the table: escaped, digit runs masked, cut to RAW_SHOWN."""
+    text = escape_raw(raw[:RAW_SHOWN * 4])
+    return _clip(text if show_numbers else mask_digits(text), RAW_SHOWN)
+
+
+def mask_digits(text: str) -> str:
+    """Free text with every run of 7 or more digits masked as a number is (`numbers.mask`)."""
+    from callback_queue.numbers import mask
+
+    return _DIGIT_RUN.sub(lambda m: mask(m.group()), text)
 _INVISIBLE = frozenset({"Cc", "Cf", "Co", "Cn", "Zl", "Zp"})
 
 

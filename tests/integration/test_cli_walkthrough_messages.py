@@ -158,6 +158,20 @@ def test_deadletters_table_fits_a_narrow_terminal(run, store: Store, monkeypatch
     assert sum("2026-03-01 09:02:03" in line for line in lines) == 2                      # whole, never wrapped
 
 
+def test_deadletters_table_masks_numbers_unless_asked(run, store: Store) -> None:
+    with store.write() as conn:
+        conn.execute(t.dead_letters.insert(), [{"source": "queue_log:pbx", "position": "q:1", "digest": "n1",
+                                                "raw": b"garbage line with 13987654321 and +8613812345678",
+                                                "reason": "queue_log line has 1 field", "created_at": CREATED}])
+    out = _ok(run("deadletters", "list")).stdout
+    assert "13987****21" in out and "+86138****5678" in out
+    assert "13987654321" not in out and "8613812345678" not in out
+    out = _ok(run("deadletters", "list", "--show-numbers")).stdout
+    assert "13987654321" in out and "+8613812345678" in out
+    [row] = json.loads(_ok(run("deadletters", "list", "--format", "json")).stdout)   # scripts get the line
+    assert row["raw"] == "garbage line with 13987654321 and +8613812345678"
+
+
 def _unescape(text: str) -> bytes:
     """The inverse of the escaping `raw` documents."""
     out = b""
