@@ -1,10 +1,12 @@
 """Off-peak calling windows in the hotline's time zone: weekdays, Chinese working days, holidays,
 quiet hours, closures, capacity. Pure: takes dates and rules, returns UTC intervals.
 
-Day types come from the `holidays` package: a public holiday uses the `holiday` windows, a working
-day (including a weekend day worked in exchange for a holiday, e.g. Saturday 2026-02-14 in China)
-uses the working-day windows, any other day the rest-day windows. Wall-clock times are turned into
-UTC with zoneinfo, so a window across a DST change is as long as the clock says it is.
+Day types come from the `holidays` package: a public holiday uses the `holiday` windows, and so does
+a weekend day inside a holiday block (Sunday 2026-02-15, first day of the Spring Festival break); a
+working day (including a weekend day worked in exchange for a holiday, e.g. Saturday 2026-02-14 in
+China, or a date listed in `extra_workdays`) uses the working-day windows, any other day the rest-day
+windows. Wall-clock times are turned into UTC with zoneinfo, so a window across a DST change is as
+long as the clock says it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from zoneinfo import ZoneInfo
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+class EmptyRange(ValueError):
+    """A time range that starts where it ends ('12:00-12:00')."""
+
+
 @dataclass(frozen=True, slots=True)
 class TimeRange:
     start: time
@@ -27,9 +33,29 @@ class TimeRange:
     def parse(cls, text: str) -> TimeRange:
         try:
             a, b = (x.strip() for x in text.split("-"))
-            return cls(time.fromisoformat(a), time.fromisoformat("00:00" if b == "24:00" else b))
+            r = cls(time.fromisoformat(a), time.fromisoformat("00:00" if b == "24:00" else b))
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a time range such as '12:00-13:30'") from exc
+        if r.start == r.end and b != "24:00":
+            raise EmptyRange(f"{text!r} is an empty window (all day is '00:00-24:00')")
+        return r
+
+    def minutes(self) -> tuple[int, int]:
+        """(start, end) in minutes from the day's midnight; end past 1440 for a range across midnight."""
+        a, b = self.start.hour * 60 + self.start.minute, self.end.hour * 60 + self.end.minute
+        return a, b if b > a else b + 1440
+
+    def overlaps(self, other: TimeRange) -> bool:
+        """True if the two ranges share some minutes of the clock (across midnight too)."""
+        a, b = self.minutes()
+        c, d = other.minutes()
+        return any(a < d + k and c + k < b for k in (-1440, 0, 1440))
+
+    def inside(self, others: Sequence[TimeRange]) -> bool:
+        """True if every minute of this range falls in one of `others` (quiet hours, say)."""
+        a, b = self.minutes()
+        covered = [(c + k, d + k) for c, d in (o.minutes() for o in others) for k in (-1440, 0, 1440)]
+        return not _subtract_minutes([(a, b)], covered)
 
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
@@ -79,6 +105,8 @@ class ScheduleRules:
     capacity: Capacity = Capacity(fixed=20)
     country: str | None = "CN"
     subdivision: str | None = None
+    #: dates worked whatever the calendar says (a year's 调休 weekends the holidays package lacks)
+    extra_workdays: frozenset[date] = frozenset()
 
     @cached_property
     def _calendar(self):  # type: ignore[no-untyped-def]
@@ -86,13 +114,42 @@ class ScheduleRules:
             return None
         from .holiday_calendar import HolidayCalendar  # the holidays package, kept out of process
 
-        return HolidayCalendar(self.country, self.subdivision)
+        return HolidayCalendar(self.country, self.subdivision, self.extra_workdays)
 
     def day_type(self, d: date) -> str:
         cal = self._calendar
         if cal is None:
-            return "workday" if d.weekday() < 5 else "restday"
+            return "workday" if d.weekday() < 5 or d in self.extra_workdays else "restday"
         return cal.day_type(d)
+
+    def holiday_name(self, d: date) -> str | None:
+        cal = self._calendar
+        return None if cal is None else cal.holiday_name(d)
+
+    def swapped_workday(self, d: date) -> bool:
+        """A weekend day worked (调休: in exchange for a day off in a holiday block, or listed in extra_workdays)."""
+        return d.weekday() >= 5 and self.day_type(d) == "workday"
+
+    def provisional_years(self, first: date, last: date) -> list[int]:
+        """Years from `first` to `last` whose worked weekends the holidays package does not know."""
+        from .holiday_calendar import provisional_years
+
+        return provisional_years(self.country, self.subdivision, first, last)
+
+    def why_no_windows(self, d: date) -> str:
+        """Why local day `d` has no window: no windows configured for its day type, quiet hours, closures."""
+        kind, ranges = self.ranges_for(d)
+        if not ranges:
+            return f"no {kind} windows configured"
+        intervals = [_interval(d, r, self.tz) for r in ranges]
+        quiet = [_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
+        if not subtract(intervals, quiet):
+            return "quiet hours"
+        if not subtract(intervals, list(self.closures)):
+            return "closure"
+        if not subtract(intervals, [*quiet, *self.closures]):
+            return "quiet hours and closure"
+        return ""
 
     def ranges_for(self, d: date) -> tuple[str, tuple[TimeRange, ...]]:
         kind = self.day_type(d)
@@ -172,3 +229,13 @@ def subtract(intervals: Iterable[tuple[datetime, datetime]],
                 nxt.append((bb, b))
         out = nxt
     return [(a, b) for a, b in out if b > a]
+
+
+
+def _subtract_minutes(intervals: list[tuple[int, int]], blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = intervals
+    for ba, bb in blocks:
+        out = [piece for a, b in out
+               for piece in (((a, b),) if bb <= a or ba >= b else ((a, min(b, ba)), (max(a, bb), b)))
+               if piece[1] > piece[0]]
+    return out

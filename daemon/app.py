@@ -100,6 +100,7 @@ def schedule_rules(s: Settings, store: Store | None = None, clock: Clock | None 
         closures=tuple((a.astimezone(UTC), b.astimezone(UTC)) for a, b in closures),
         capacity=Capacity(fixed=cap.fixed, agents=cap.agents, handle_time=cap.handle_time),
         country=sc.country, subdivision=sc.subdivision,
+        extra_workdays=frozenset(date.fromisoformat(x) for x in sc.extra_workdays),
     )
     if sc.learned.enabled and store is not None:
         from callback_queue.learning import learn_windows
@@ -377,6 +378,7 @@ class Daemon:
             self.log.info("daemon.started", store=_redact(self.store.url),
                           sources=[r.name for r, _ in self.tails], components=[c.name for c in self.components],
                           config=self.settings.origin)
+            self._calendar_notes()
             self._heartbeat()
             self.notifier.ready(self.status_line)
             while not self.stop_event.wait(0.5):
@@ -459,7 +461,12 @@ class Daemon:
         self._unhealthy = None if ok else why
 
     def reload(self) -> None:
-        """Re-read the configuration (SIGHUP): windows, rules and the like change without a restart."""
+        """Re-read the configuration (SIGHUP): windows, rules and the like change without a restart.
+
+        Components check the new configuration first (`check_reload`, which builds what it needs), so a
+        bad one is refused as a whole before anything changes: one `daemon.reload_failed` line. A
+        component whose `reload` still fails keeps its previous setup while the rest runs the new one:
+        that is said in a `daemon.reload_failed` line per component, and `daemon.reloaded` is not logged."""
         from callback_queue.errors import ConfigError
 
         from .settings import load_settings
@@ -473,6 +480,9 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("daemon.reload_failed", error=str(exc), kept=origin)
             return
+        except Exception as exc:  # noqa: BLE001 - a check that broke: nothing has changed yet
+            self.log.error("daemon.reload_failed", error=f"{type(exc).__name__}: {exc}", kept=origin)
+            return
         old, self.settings = self.settings, new
         self.queue.retry = retry_policy(new)
         self.queue.lease = new.queue.lease
@@ -483,14 +493,33 @@ class Daemon:
         if (old.sources.queue_log, old.sources.cdr, old.detect) != (new.sources.queue_log, new.sources.cdr,
                                                                      new.detect):
             self._reload_sources(new)
+        changed = sorted(k for k in type(new).model_fields if getattr(old, k) != getattr(new, k))
+        failed = []
         for comp in self.components:
             if hasattr(comp, "reload"):
                 try:
                     comp.reload(new)
-                except Exception:  # one component's failure must not take the daemon (or the others) down
-                    self.log.exception("daemon.reload_component_failed", component=type(comp).__name__)
-        changed = sorted(k for k in new.model_fields if getattr(old, k) != getattr(new, k))
-        self.log.info("daemon.reloaded", changed=changed)
+                except Exception as exc:  # noqa: BLE001 - one component's failure must not take the others down
+                    name = getattr(comp, "name", type(comp).__name__)
+                    failed.append(name)
+                    self.log.error("daemon.reload_failed", component=name, error=f"{type(exc).__name__}: {exc}",
+                                   kept=f"{name} runs with its previous settings", changed=changed,
+                                   inconsistent=f"the new configuration is in effect except in {name}: "
+                                                "fix the file and reload, or restart")
+        if not failed:
+            self.log.info("daemon.reloaded", changed=changed)
+        if "schedule" in changed:
+            self._calendar_notes()
+
+    def _calendar_notes(self) -> None:
+        """A year the planning horizon reaches whose official calendar `holidays` does not have yet (China's
+        State Council schedule: its working weekends unknown) is said once at start and at each reload."""
+        from callback_queue.holiday_calendar import log_provisional
+
+        try:
+            log_provisional(self.log, self.settings.schedule, self.clock.now().astimezone(self.settings.tz).date())
+        except Exception as exc:  # noqa: BLE001 - a note, never a reason not to run
+            self.log.warning("calendar.check_failed", error=f"{type(exc).__name__}: {exc}")
 
     def pid_path(self) -> Any:
         return self.settings.daemon.state_dir / "callbackd.pid"

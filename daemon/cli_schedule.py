@@ -32,14 +32,18 @@ def _rules_and_planner(obj: Ctx) -> tuple[Any, Any, Any]:
 
 
 @schedule.command("preview")
-@click.option("--days", type=click.IntRange(1, 31), default=7, show_default=True)
+@click.option("--from", "start", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="First day to show (local date, e.g. 2027-02-01). Default: today.")
+@click.option("--days", type=click.IntRange(1, 400), default=7, show_default=True, help="Days to show.")
 @click.option("--weeks", type=click.IntRange(1, 52), default=4, show_default=True,
               help="Weeks of inbound traffic for the heatmap.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @with_config
-def preview(obj: Ctx, days: int, weeks: int, fmt: str) -> None:
-    """Per day: the windows, their capacity, the callbacks planned into each, SLA breaches ahead;
-    and a weekday × hour heatmap of inbound volume with the windows marked."""
+def preview(obj: Ctx, start: Any, days: int, weeks: int, fmt: str) -> None:
+    """Every day: its type (holiday name, 调休 for a worked weekend day), the windows, their capacity and the
+    callbacks planned into each, or why it has none (closure, holiday, quiet hours); SLA breaches ahead;
+    years whose official holiday schedule the holidays package lacks; and a weekday × hour heatmap of
+    inbound volume with the windows marked."""
     from callback_queue.clock import SystemClock
     from callback_queue.windows import DAYS
 
@@ -47,23 +51,35 @@ def preview(obj: Ctx, days: int, weeks: int, fmt: str) -> None:
 
     if obj.settings.schedule is None:
         raise click.ClickException("no [schedule] in the configuration: callbacks are due as soon as they open")
-    data = build(obj.settings, _store(obj), SystemClock().now(), days=days, weeks=weeks)
+    data = build(obj.settings, _store(obj), SystemClock().now(), days=days, weeks=weeks,
+                 start=start.date() if start is not None else None)
     if fmt == "json":
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
     from datetime import datetime
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 120)
-    t = Table(title=f"plan for the next {days} days (times in {data['timezone']})")
-    for c in ("day", "type", "window", "capacity", "planned", "free"):
+    for w in data["warnings"]:
+        con.print(f"[yellow]! {escape(w)}[/]")
+    t = Table(title=f"plan from {data['from']} to {data['to']} ({days} days, times in {data['timezone']})")
+    for c in ("day", "type", "window", "capacity", "planned", "free", "note"):
         t.add_column(c)
     for d in data["days"]:
+        day = f"{d['date']} {d['weekday']}"
+        kind = d["type"] + (" 调休" if d["swapped_workday"] else "")
+        name = d["holiday"] or ""
+        if not d["windows"]:
+            why = d["no_windows"]
+            note = why if why.startswith("no ") else f"no windows: {why}"
+            t.add_row(day, kind, "-", "", "", "", escape(f"{name}; {note}" if name and name not in note else note))
         for i, w in enumerate(d["windows"]):
-            t.add_row(d["date"] if i == 0 else "", d["type"] if i == 0 else "", w["window"], str(w["capacity"]),
-                      str(w["planned"]), str(w["capacity"] - w["planned"]))
+            t.add_row(day if i == 0 else "", kind if i == 0 else "", w["window"], str(w["capacity"]),
+                      str(w["planned"]), str(w["capacity"] - w["planned"]),
+                      escape(" ".join(x for x in (name if i == 0 else "", "(past)" if w["past"] else "") if x)))
     con.print(t)
     breaches = data["sla_breaches"]
     con.print(f"open callbacks: {data['open_callbacks']}; unplaced in the horizon: {data['unplaced']}; "

@@ -3,46 +3,69 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from callback_queue.learning import hourly_volume
 from callback_queue.windows import DAYS
 
 
-def build(settings: Any, store: Any, now: datetime, *, days: int = 7, weeks: int = 4) -> dict[str, Any]:
-    """Per day the windows, their capacity and the callbacks planned into each; SLA breaches ahead;
-    the weekday x hour inbound volume with the hours the windows cover."""
+def build(settings: Any, store: Any, now: datetime, *, days: int = 7, weeks: int = 4,
+          start: date | None = None) -> dict[str, Any]:
+    """Per day, from `start` (default today) for `days` days: its type, holiday name, 调休 mark, the windows,
+    their capacity and the callbacks planned into each, or why it has none; SLA breaches ahead; years the
+    holidays package lacks the official schedule of; the weekday x hour inbound volume with the hours the
+    windows cover."""
     from callback_queue.clock import FakeClock
+    from callback_queue.holiday_calendar import provisional_warning
 
     from .app import planner
 
     if settings.schedule is None:
         raise LookupError("no [schedule] in the configuration: callbacks are due as soon as they open")
     p = planner(settings, store, FakeClock(now))
-    p.horizon = timedelta(days=days)
+    rules, tz = p.rules, p.rules.tz
+    today = now.astimezone(tz).date()
+    first = start or today
+    last = first + timedelta(days=days - 1)
+    lo = datetime.combine(first, time(0), tzinfo=tz).astimezone(UTC)
+    hi = datetime.combine(last + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+    p.horizon = max(timedelta(days=days), hi - now)
     plan = p.compute(now)
-    tz = p.rules.tz
     per_window: dict[Any, int] = defaultdict(int)
     for pl in plan.placements:
         if pl.window is not None:
             per_window[pl.window.start] += 1
-    out_days: dict[str, dict[str, Any]] = {}
-    for w in plan.windows:
-        key = w.day.isoformat()
-        day = out_days.setdefault(key, {"date": key, "type": w.day_type, "windows": []})
-        day["windows"].append({"window": f"{w.start.astimezone(tz):%H:%M}-{_end_label(w.start, w.end, tz)}",
-                               "start": w.start.isoformat(), "end": w.end.isoformat(),
-                               "capacity": w.capacity, "planned": per_window.get(w.start, 0)})
+    by_day: dict[date, list[Any]] = defaultdict(list)
+    for w in rules.windows(lo, hi):
+        by_day[w.day].append(w)
+    out_days: list[dict[str, Any]] = []
+    d = first
+    while d <= last:
+        kind = rules.day_type(d)
+        windows = [{"window": f"{w.start.astimezone(tz):%H:%M}-{_end_label(w.start, w.end, tz)}",
+                    "start": w.start.isoformat(), "end": w.end.isoformat(), "capacity": w.capacity,
+                    "planned": per_window.get(w.start, 0), "past": w.end <= now} for w in by_day.get(d, [])]
+        out_days.append({"date": d.isoformat(), "weekday": DAYS[d.weekday()], "type": kind,
+                         "holiday": rules.holiday_name(d) if kind == "holiday" else None,
+                         "swapped_workday": rules.swapped_workday(d),
+                         "no_windows": None if windows else (rules.why_no_windows(d) or "no windows"),
+                         "windows": windows})
+        d += timedelta(days=1)
+    horizon_end = now + settings.schedule.horizon
+    years = sorted(set(rules.provisional_years(first, last))
+                   | set(rules.provisional_years(today, horizon_end.astimezone(tz).date())))
     return {
-        "timezone": str(tz), "generated_at": now.isoformat(),
-        "days": list(out_days.values()),
+        "timezone": str(tz), "generated_at": now.isoformat(), "from": first.isoformat(), "to": last.isoformat(),
+        "days": out_days,
+        "provisional_years": years,
+        "warnings": [provisional_warning(y, rules.country) for y in years],
         "open_callbacks": len(plan.placements),
         "unplaced": sum(1 for x in plan.placements if x.window is None),
         "sla_breaches": [{"callback_id": b.id, "planned": b.due_at.isoformat() if b.due_at else None}
                          for b in plan.breaches],
         "heatmap": {"weeks": weeks, "volume_per_hour": hourly_volume(store, tz, now - timedelta(weeks=weeks), now),
-                    "windows": window_hours(p.rules, now)},
+                    "windows": window_hours(rules, now)},
     }
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 def _duration(v: Any) -> timedelta:
@@ -30,16 +40,36 @@ def _ranges(v: Any) -> list[str]:
         v = [v]
     if not isinstance(v, list):
         raise ValueError('a list of time ranges such as ["12:00-13:30", "18:30-20:30"] is needed')
-    bad = []
+    from callback_queue.windows import EmptyRange
+
+    bad, empty = [], []
     for item in v:
         try:
             TimeRange.parse(str(item))
+        except EmptyRange:
+            empty.append(str(item))
         except ValueError:
             bad.append(str(item))
     if bad:
         what = "is not a time range" if len(bad) == 1 else "are not time ranges"
         raise ValueError(f"{_items(bad)} {what} such as '12:00-13:30'")
+    if empty:
+        what = "is an empty window" if len(empty) == 1 else "are empty windows"
+        raise ValueError(f"{_items(empty)} {what} (it starts where it ends); all day is '00:00-24:00'")
     return [str(x) for x in v]
+
+
+def _windows(v: list[str]) -> list[str]:
+    """Off-peak windows: time ranges, no two of which overlap (their capacity would count twice)."""
+    from callback_queue.windows import TimeRange
+
+    ranges = [TimeRange.parse(x) for x in v]
+    clashes = [f"{v[i]!r} and {v[j]!r}" for i in range(len(v)) for j in range(i + 1, len(v))
+               if ranges[i].overlaps(ranges[j])]
+    if clashes:
+        raise ValueError(f"windows overlap: {'; '.join(clashes)} (their capacity would be counted twice: "
+                         "merge them into one window)")
+    return v
 
 
 def _items(bad: list[str]) -> str:
@@ -49,6 +79,7 @@ def _items(bad: list[str]) -> str:
 
 
 Ranges = Annotated[list[str], BeforeValidator(_ranges)]
+Windows = Annotated[list[str], BeforeValidator(_ranges), AfterValidator(_windows)]
 
 
 class _Section(BaseModel):
@@ -78,13 +109,16 @@ class LearnedSettings(_Section):
 class ScheduleSettings(_Section):
     """Off-peak windows. Absent: callbacks are due as soon as they open (no planning)."""
 
-    workday: Ranges = Field(default_factory=lambda: ["12:00-13:30", "18:30-20:30"])
-    restday: Ranges = Field(default_factory=lambda: ["10:00-12:00", "15:00-17:00"])
-    holiday: Ranges = Field(default_factory=list)
-    weekdays: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], Ranges] = Field(default_factory=dict)
+    workday: Windows = Field(default_factory=lambda: ["12:00-13:30", "18:30-20:30"])
+    restday: Windows = Field(default_factory=lambda: ["10:00-12:00", "15:00-17:00"])
+    holiday: Windows = Field(default_factory=list, description="public holidays and the weekend days of a "
+                                                               "holiday block")
+    weekdays: dict[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], Windows] = Field(default_factory=dict)
     quiet_hours: Ranges = Field(default_factory=lambda: ["21:00-08:30"])
     closures: list[str] = Field(default_factory=list, description="dates (2026-10-01) or ranges "
                                                                   "(2026-12-24T18:00/2026-12-25T08:00), local time")
+    extra_workdays: list[str] = Field(default_factory=list, description="dates (2027-02-20) worked whatever the "
+                                "calendar says: the worked weekends (调休) of a year the holidays package lacks")
     country: str | None = "CN"
     subdivision: str | None = None
     capacity: CapacitySettings = CapacitySettings()
@@ -101,6 +135,50 @@ class ScheduleSettings(_Section):
         from callback_queue.holiday_calendar import check_country  # the holidays package, kept out of process
 
         return check_country(v)
+
+    @field_validator("subdivision")
+    @classmethod
+    def _subdivision(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v in (None, ""):
+            return None
+        country = info.data.get("country")
+        if "country" not in info.data:
+            return v  # the country is wrong: that error is enough
+        if country is None:
+            raise ValueError("a subdivision needs a country")
+        from callback_queue.holiday_calendar import check_subdivision  # the holidays package, kept out of process
+
+        return check_subdivision(country, v)
+
+    @field_validator("extra_workdays")
+    @classmethod
+    def _workdays(cls, v: list[str]) -> list[str]:
+        from datetime import date
+
+        bad = []
+        for item in v:
+            try:
+                date.fromisoformat(item)
+            except ValueError:
+                bad.append(item)
+        if bad:
+            raise ValueError(f"{_items(bad)} {'is not a date' if len(bad) == 1 else 'are not dates'} "
+                             "such as '2027-02-20'")
+        return v
+
+    @model_validator(mode="after")
+    def _not_all_quiet(self) -> ScheduleSettings:
+        """A window wholly inside quiet hours would silently never open."""
+        from callback_queue.windows import TimeRange
+
+        quiet = [TimeRange.parse(x) for x in self.quiet_hours]
+        lists = [("workday", self.workday), ("restday", self.restday), ("holiday", self.holiday),
+                 *((f"weekdays.{k}", v) for k, v in self.weekdays.items())]
+        hidden = [f"{name} {w!r}" for name, ws in lists for w in ws if TimeRange.parse(w).inside(quiet)]
+        if hidden:
+            raise ValueError(f"{'; '.join(hidden)}: entirely inside quiet_hours {self.quiet_hours} - "
+                             "the window would never open; move it or narrow quiet_hours")
+        return self
 
     @field_validator("closures")
     @classmethod

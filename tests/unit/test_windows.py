@@ -33,14 +33,11 @@ def test_spring_festival_2026_and_the_substituted_working_day():
     assert got == [
         ("2026-02-13", "workday", "12:00", "13:30"),   # Friday
         ("2026-02-14", "workday", "12:00", "13:30"),   # Saturday worked in exchange for the 20th
-        ("2026-02-15", "restday", "10:00", "11:00"),   # Sunday
-        # 16th (New Year's Eve) to 20th: holidays and a day off -> no windows
-        ("2026-02-21", "restday", "10:00", "11:00"),   # the weekend inside the break: rest days
-        ("2026-02-22", "restday", "10:00", "11:00"),
-        # 23rd: a day off (in exchange for Saturday the 28th) -> no window
+        # 15th (Sunday) to 23rd: the break - holidays, days off and the weekends inside it -> no windows
         ("2026-02-24", "workday", "12:00", "13:30"),
     ]
     assert rules.day_type(date(2026, 2, 17)) == "holiday"
+    assert [rules.day_type(date(2026, 2, d)) for d in (15, 21, 22)] == ["holiday"] * 3
     assert rules.day_type(date(2026, 2, 28)) == "workday"  # another substituted Saturday
 
 
