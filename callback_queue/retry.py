@@ -26,7 +26,7 @@ class DialOutcome(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class RetryRule:
     delay: timedelta
-    times: int
+    times: int          # retries of this outcome; 0: it ends the callback at once
 
 
 DEFAULT_RULES = {
@@ -52,6 +52,9 @@ class GiveUp:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """`rules` is the whole set: an outcome without a rule is not retried (the settings fill in the
+    defaults of outcomes the configuration leaves out)."""
+
     rules: dict[DialOutcome, RetryRule] = field(default_factory=lambda: dict(DEFAULT_RULES))
     max_attempts: int = 5
     min_spacing: timedelta = timedelta(minutes=5)
@@ -65,7 +68,7 @@ class RetryPolicy:
         if outcome is DialOutcome.WRONG_NUMBER:
             return GiveUp("cancelled", "wrong number")
         rule = self.rules.get(outcome)
-        if rule is None:
+        if rule is None or rule.times == 0:
             return GiveUp("unreachable", f"{outcome.value}: not retried")
         if attempts >= self.max_attempts:
             return GiveUp("unreachable", f"{attempts} calls without reaching the citizen")

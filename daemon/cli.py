@@ -173,16 +173,19 @@ def config_check(obj: Ctx, fmt: str) -> None:
 
 
 def _toml(data: dict[str, Any], prefix: str = "") -> str:
-    import json
-
-    flat, tables = [], []
+    """The effective settings as TOML that loads back (tomllib): tables as [a.b], lists of tables as
+    [[a.b]], keys that are not bare quoted; a value not set is a comment (TOML has no null)."""
+    flat, tables, arrays = [], [], []
     for k, v in data.items():
+        key = _toml_key(k)
         if isinstance(v, dict):
-            tables.append((k, v))
+            tables.append((key, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((key, v))
         elif v is None:
-            flat.append(f"# {k} = (not set)")
+            flat.append(f"# {key} = (not set)")
         else:
-            flat.append(f"{k} = {json.dumps(v, ensure_ascii=False)}")
+            flat.append(f"{key} = {_toml_value(v)}")
     out = "\n".join(flat)
     for k, v in tables:
         name = f"{prefix}{k}"
@@ -191,7 +194,31 @@ def _toml(data: dict[str, Any], prefix: str = "") -> str:
             out += ("\n" if out else "") + body
         else:
             out += f"\n\n[{name}]\n" + _toml(v, name + ".")
+    for k, items in arrays:
+        name = f"{prefix}{k}"
+        for item in items:
+            out += f"\n\n[[{name}]]\n" + _toml(item, name + ".")
     return out.strip("\n")
+
+
+def _toml_key(key: str) -> str:
+    import json
+    import re
+
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(v: Any) -> str:
+    """One inline TOML value (JSON strings, numbers and booleans are TOML too); None is left out of
+    inline tables and arrays."""
+    import json
+
+    if isinstance(v, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None)
+        return f"{{ {inner} }}" if inner else "{}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v if x is not None) + "]"
+    return json.dumps(v, ensure_ascii=False)
 
 
 # -- import ---------------------------------------------------------------------------------

@@ -106,7 +106,8 @@ def sms_send_now(obj: Ctx, fmt: str) -> None:
     """Run the outbox once (what the daemon does every [sms] poll_interval).
 
     Prints what the run did, e.g. `SMS outbox: 2 queued, 2 sent`; errors (a send whose outcome is
-    unknown, a provider that could not be asked) follow on stderr, one a line.
+    unknown, a provider that could not be asked) follow on stderr, one a line. Inside [sms] quiet_hours
+    nothing is sent: what is due is held, queued, until they end.
     """
     from sms.service import build_outbox
 
@@ -123,7 +124,8 @@ def sms_send_now(obj: Ctx, fmt: str) -> None:
 #: what `sms send-now` counts, in the order a message goes through the outbox
 _TICK_COUNTS = (("queued", "queued"), ("sent", "sent"), ("retried", "to be retried"), ("failed", "failed"),
                 ("skipped", "skipped (do-not-contact or no route)"), ("reconciled", "found sent when reconciled"),
-                ("settled", "callbacks settled by an earlier SMS"))
+                ("settled", "callbacks settled by an earlier SMS"),
+                ("held", "held until the quiet hours end ([sms] quiet_hours)"))
 
 
 def _tick_summary(stats: Any) -> str:

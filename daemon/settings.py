@@ -234,8 +234,9 @@ class QueueSettings(_Section):
 
 
 class RetryRuleSettings(_Section):
-    delay: Duration = Field(description="wait this long before the next call")
-    times: int = Field(ge=0, le=20, description="retry this outcome at most this many times")
+    delay: Duration = Field(description="wait this long before the next call (left out: the outcome's default)")
+    times: int = Field(ge=0, le=20, description="retry this outcome at most this many times (0: never; left out: "
+                       "the outcome's default)")
 
 
 _RETRY_DEFAULTS = {"busy": ("10m", 3), "no-answer": ("30m", 2), "congestion": ("5m", 3), "failed": ("15m", 1)}
@@ -248,8 +249,22 @@ class RetrySettings(_Section):
         default_factory=lambda: {
             k: RetryRuleSettings(delay=parse_duration(d), times=n) for k, (d, n) in _RETRY_DEFAULTS.items()
         },
-        description="per outcome: busy, no-answer, congestion, failed",
+        description="per outcome: busy, no-answer, congestion, failed; an outcome given here replaces its "
+        "default (a key left out of its table keeps the default's), the others keep theirs; times = 0: never retried",
     )
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _over_defaults(cls, v: Any) -> Any:
+        """`[retry.rules] busy = { times = 5 }` changes busy only: the other outcomes keep their default rule,
+        and busy keeps its default delay."""
+        if not isinstance(v, dict):
+            return v
+        merged: dict[str, Any] = {k: {"delay": d, "times": n} for k, (d, n) in _RETRY_DEFAULTS.items()}
+        for outcome, rule in v.items():
+            default = merged.get(outcome)
+            merged[outcome] = {**default, **rule} if default is not None and isinstance(rule, dict) else rule
+        return merged
 
     @field_validator("rules")
     @classmethod
@@ -333,10 +348,30 @@ def _secret_from_file(value: Any, file: Path | None, credential: str) -> Any:
     return value
 
 
+def _sms_quiet(v: Any) -> Any:
+    from .settings_schedule import _ranges
+
+    return _ranges(v)
+
+
+SmsQuietHours = Annotated[list[str], BeforeValidator(_sms_quiet)]
+#: when no SMS goes out if neither [sms] nor [schedule] says (a text at 03:00 wakes a citizen)
+SMS_QUIET_HOURS = ("21:00-08:00",)
+
+
 class SmsRoute(_Section):
     prefix: str = Field(default="", description="E.164 prefix, e.g. '+86'; '' matches every number")
     sender: Literal["console", "twilio", "aliyun"] = "console"
     language: str | None = Field(default=None, description="template language for these numbers")
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, v: str | None) -> str | None:
+        from sms.templates import LANGUAGES
+
+        if v is not None and v not in LANGUAGES:
+            raise ValueError(f"no SMS templates in {v!r}; languages: {', '.join(LANGUAGES)}")
+        return v
 
 
 class SmsSettings(_Section):
@@ -355,6 +390,21 @@ class SmsSettings(_Section):
     console_path: Path | None = Field(
         default=None, description="console sender output; default <state_dir>/sms-outbox.jsonl"
     )
+    quiet_hours: SmsQuietHours = Field(
+        default_factory=lambda: list(SMS_QUIET_HOURS),
+        description="local times no SMS is sent (one due then waits until they end); not set: [schedule] "
+        "quiet_hours if it has any, else 21:00-08:00; [] sends at any hour",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: dict[str, str]) -> dict[str, str]:
+        from sms.templates import problems
+
+        bad = problems(v)   # every template at fault, as `sms preview` would name them
+        if bad:
+            raise ValueError("; ".join(bad))
+        return v
 
 
 class TwilioSettings(_Section):
@@ -437,6 +487,24 @@ class Settings(_Section):
     console: ConsoleSettings = ConsoleSettings()
     #: where the settings came from (not a setting)
     origin: str = Field(default="<defaults>", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sms_quiet_hours(cls, data: Any) -> Any:
+        """[sms] quiet_hours not given: [schedule]'s quiet hours if it has any (so the effective settings show
+        the hours in use), else the SMS default."""
+        if not isinstance(data, dict):
+            return data
+        sms, schedule = data.get("sms", {}), data.get("schedule")
+        if not isinstance(sms, dict) or "quiet_hours" in sms or not isinstance(schedule, dict):
+            return data
+        quiet = schedule.get("quiet_hours",
+                             ScheduleSettings.model_fields["quiet_hours"].get_default(call_default_factory=True))
+        try:
+            quiet = _sms_quiet(quiet)
+        except ValueError:
+            return data                     # reported once, against [schedule]
+        return {**data, "sms": {**sms, "quiet_hours": quiet}} if quiet else data
 
     @property
     def store_url(self) -> str:

@@ -25,6 +25,7 @@ from callback_queue.store import Store
 
 from .contacts import is_listed
 from .errors import PermanentSendError, ReconcileError, SendOutcomeUnknown, TemplateError, TransientSendError
+from .quiet import QuietHours
 from .senders.base import OutgoingSms, Router, SendResult
 from .templates import Composer
 from .tokens import LINK_PATH, create_link, link_url
@@ -44,6 +45,8 @@ class OutboxConfig:
     send_lease: timedelta = timedelta(minutes=5)
     status_callback: str | None = None
     batch: int = 50
+    #: no SMS goes out inside these hours: a message waits (queued, with a not-before time) until they end
+    quiet: QuietHours | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class TickStats:
     skipped: int = 0
     reconciled: int = 0
     settled: int = 0
+    held: int = 0               # due, but held back by quiet hours
     errors: list[str] = field(default_factory=list)
 
 
@@ -133,18 +137,31 @@ class SmsOutbox:
             stats.failed += 1
             return
         params = json.dumps({"kind": c.kind, **r.params}, ensure_ascii=False)
+        not_before = self._quiet_until(now)
         sid = conn.execute(sms_t.insert().values(
             **base, sender=route.sender, lang=r.lang, body=r.body, params=params,
-            state="pending", next_try_at=now).returning(sms_t.c.id)).scalar_one()
-        conn.execute(t.callback_events.insert(), [_ev(c.id, now, self.actor, "sms_queued", None, None, {
-            "sms_id": sid, "sender": route.sender, "lang": r.lang, "kind": c.kind, "segments": r.info.segments,
-            "encoding": r.info.encoding})])
+            state="pending", next_try_at=not_before or now).returning(sms_t.c.id)).scalar_one()
+        detail = {"sms_id": sid, "sender": route.sender, "lang": r.lang, "kind": c.kind,
+                  "segments": r.info.segments, "encoding": r.info.encoding}
+        if not_before is not None:
+            detail["not_before"] = not_before.isoformat()   # quiet hours: sent when they end
+        conn.execute(t.callback_events.insert(), [_ev(c.id, now, self.actor, "sms_queued", None, None, detail)])
         stats.queued += 1
 
     # -- 2. sending -----------------------------------------------------------------------
+    def _quiet_until(self, now: datetime) -> datetime | None:
+        return self.config.quiet.until(now) if self.config.quiet is not None else None
+
     def send_due(self, stats: TickStats | None = None) -> TickStats:
         stats = stats or TickStats()
         now = self.clock.now()
+        until = self._quiet_until(now)
+        if until is not None:   # quiet hours: what is due waits, queued, until they end
+            with self.store.write() as conn:
+                stats.held += conn.execute(sa.update(sms_t).where(sms_t.c.state == "pending",
+                                                                  sms_t.c.next_try_at <= now)
+                                           .values(next_try_at=until)).rowcount
+            return stats
         with self.store.read() as conn:
             ids = [r.id for r in conn.execute(
                 sa.select(sms_t.c.id).where(sms_t.c.state == "pending", sms_t.c.next_try_at <= now)

@@ -8,7 +8,9 @@ from callback_queue.clock import Clock
 from callback_queue.errors import ConfigError
 from callback_queue.store import Store
 
+from .errors import SmsError
 from .outbox import OutboxConfig, SmsOutbox
+from .quiet import QuietHours
 from .senders.base import Route, Router, Sender
 from .templates import composer_from
 
@@ -69,7 +71,8 @@ def build_outbox(settings: Any, store: Store, clock: Clock, *, senders: dict[str
         status_cb = public_base(settings) + "/twilio/sms-status"
     config = OutboxConfig(link_base=link_base(settings), link_ttl=settings.rating.link_ttl,
                           after_first_failure=s.after_first_failure, max_tries=s.max_tries, backoff=s.backoff,
-                          send_lease=s.send_lease, status_callback=status_cb)
+                          send_lease=s.send_lease, status_callback=status_cb,
+                          quiet=QuietHours.parse(settings.daemon.timezone, s.quiet_hours))
     return SmsOutbox(store, clock, router, composer_from(settings), config, log=log)
 
 
@@ -81,6 +84,7 @@ class SmsComponent:
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
         self.outbox = build_outbox(daemon.settings, daemon.store, daemon.clock, log=daemon.log)
+        self._checked: tuple[Any, SmsOutbox] | None = None  # (settings, outbox) built by check_reload
         if not (daemon.settings.http.public_url or daemon.settings.rating.base_url):
             daemon.log.warning("sms.no_public_url", links=self.outbox.config.link_base,
                                hint="set [http] public_url: citizens open the rating link from their phones")
@@ -90,12 +94,21 @@ class SmsComponent:
         self.daemon.add_job("sms:outbox", lambda: self.outbox.tick(),
                             self.daemon.settings.sms.poll_interval.total_seconds())
 
-    def reload(self, new: Any) -> None:
-        """SIGHUP: templates, routes and senders are rebuilt; messages under way keep their rows."""
+    def check_reload(self, new: Any) -> None:
+        """SIGHUP, before anything changes: the new templates, routes and senders are built here, so a
+        bad SMS setup (missing credentials, say) refuses the whole new configuration."""
         try:
-            self.outbox = build_outbox(new, self.daemon.store, self.daemon.clock, log=self.daemon.log)
-        except Exception as exc:  # noqa: BLE001 - a bad new SMS setup keeps the old one running
-            self.daemon.log.error("sms.reload_failed", error=str(exc))
+            outbox = build_outbox(new, self.daemon.store, self.daemon.clock, log=self.daemon.log)
+        except (SmsError, ValueError) as exc:  # a template, a sender's own check: the configuration's fault
+            raise ConfigError(f"[sms]: {exc}") from exc
+        self._checked = (new, outbox)
+
+    def reload(self, new: Any) -> None:
+        """SIGHUP: templates, routes and senders are rebuilt; messages under way keep their rows.
+        (A failure here reaches the daemon, which says what was kept.)"""
+        checked, self._checked = self._checked, None
+        self.outbox = checked[1] if checked is not None and checked[0] is new else \
+            build_outbox(new, self.daemon.store, self.daemon.clock, log=self.daemon.log)
 
     def stop(self) -> None:
         pass

@@ -47,10 +47,7 @@ class Composer:
 
     def __post_init__(self) -> None:
         for key, text in self.overrides.items():
-            kind, _, lang = key.partition(".")
-            if kind not in KINDS or lang not in LANGUAGES:
-                raise TemplateError(f"template {key!r}: keys are <kind>.<lang> with kind in {KINDS}, "
-                                    f"lang in {LANGUAGES}")
+            check_key(key)
             check(key, text)
 
     def template(self, kind: str, lang: str) -> str:
@@ -72,6 +69,26 @@ class Composer:
             raise TemplateError(f"the {kind}.{lang} SMS takes {info.segments} segments ({info.describe()}); "
                                 f"at most {self.max_segments} are allowed ([sms] max_segments)")
         return Rendered(kind, lang, body, info, params)
+
+
+def check_key(key: str) -> None:
+    """A template key is <kind>.<lang> of a known kind and language."""
+    kind, _, lang = key.partition(".")
+    if kind not in KINDS or lang not in LANGUAGES:
+        raise TemplateError(f"template {key!r}: keys are <kind>.<lang> with kind in {KINDS}, lang in {LANGUAGES}")
+
+
+def problems(templates: dict[str, str]) -> list[str]:
+    """Everything wrong with a set of configured templates, one message per template at fault (the checks
+    `sms preview` and the daemon make, so `config check` names them all at once)."""
+    out = []
+    for key, text in templates.items():
+        try:
+            check_key(key)
+            check(key, text)
+        except TemplateError as exc:
+            out.append(str(exc))
+    return out
 
 
 def check(key: str, text: str) -> None:

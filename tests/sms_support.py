@@ -66,6 +66,8 @@ def outbox(store: Store, clock: Any, senders: dict[str, Any], *, routes: list[Ro
 def settings_for(tmp: Path, store_url: str, **sections: Any) -> Settings:
     data: dict[str, Any] = {"daemon": {"state_dir": str(tmp)}, "store": {"url": store_url}}
     data.update(sections)
+    # tests run at any hour: no SMS quiet hours unless a test asks for them
+    data["sms"] = {"quiet_hours": [], **data.get("sms", {})}
     return Settings.model_validate(data)
 
 

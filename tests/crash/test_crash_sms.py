@@ -46,6 +46,7 @@ def test_sigkill_while_sending_sms_sends_each_one_once(tmp_path: Path, store_url
     outbox = tmp_path / "sms-outbox.jsonl"
     cfg = write_config(tmp_path, store_url, f"""
 [sms]
+quiet_hours = []   # runs at any hour
 poll_interval = "0.05s"
 send_lease = "2s"   # a row a killed worker left 'sending' is reconciled after this (default 5m)
 console_path = "{outbox}"

@@ -73,6 +73,7 @@ def test_sigkill_while_sending_through_twilio_sends_each_sms_once(tmp_path: Path
                               p_unavailable=0.1, first=("503", "cut")) as front:
         cfg = write_config(tmp_path, store_url, f"""
 [sms]
+quiet_hours = []   # runs at any hour
 poll_interval = "0.05s"
 send_lease = "1s"   # a row a killed worker left 'sending' is reconciled after this (default 5m)
 backoff = "0.2s"

@@ -64,6 +64,7 @@ base_url = "https://cb.example.gov.cn"
 
 [sms]
 routes = [{{ prefix = "", sender = "twilio" }}]
+quiet_hours = []   # runs at any hour
 poll_interval = "0.3s"
 backoff = "0.5s"
 max_tries = 6

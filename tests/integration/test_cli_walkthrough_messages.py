@@ -49,7 +49,8 @@ def run(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iter
 
     cfg = tmp_path / "callbackd.toml"
     cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\ntimezone = "Asia/Shanghai"\n'
-                   f'[store]\nurl = "{store_url}"\n[http]\npublic_url = "https://cb.example.gov.cn"\n',
+                   f'[store]\nurl = "{store_url}"\n[http]\npublic_url = "https://cb.example.gov.cn"\n'
+                   '[sms]\nquiet_hours = []\n',   # runs at any hour
                    encoding="utf-8")
     opened: list[Store] = []
     real = daemon.app.open_store
@@ -221,7 +222,7 @@ def test_sms_send_now_prints_what_it_did(run, store: Store) -> None:
     assert _ok(run("sms", "send-now")).stdout.strip() == "SMS outbox: nothing to do"
     stats = json.loads(_ok(run("sms", "send-now", "--format", "json")).stdout)
     assert stats == {"queued": 0, "sent": 0, "retried": 0, "failed": 0, "skipped": 0, "reconciled": 0,
-                     "settled": 0, "errors": []}
+                     "settled": 0, "held": 0, "errors": []}
 
 
 def test_send_now_summary_counts_errors() -> None:

@@ -108,7 +108,7 @@ def test_sms_preview_and_segment_limit(tmp_path: Path) -> None:
     cfg.write_text(cfg.read_text().replace("max_segments = 1", 'templates = { "recall.en" = "{nope}" }'),
                    encoding="utf-8")
     r = CliRunner().invoke(cli, ["sms", "preview", "--config", str(cfg)])
-    assert r.exit_code == 1 and "unknown fields" in r.output
+    assert r.exit_code == 78 and "sms.templates: template 'recall.en' uses unknown fields" in r.output  # settings
 
 
 def test_secrets_are_redacted_and_read_from_files(tmp_path: Path) -> None:
