@@ -379,6 +379,10 @@ class Daemon:
                           sources=[r.name for r, _ in self.tails], components=[c.name for c in self.components],
                           config=self.settings.origin)
             self._calendar_notes()
+            src = self.settings.sources
+            if not (src.queue_log or src.cdr or src.ami or self.settings.twilio_source.enabled):
+                self.log.warning("daemon.no_sources", hint="nothing to watch: set [sources.queue_log] path, "
+                                 "[sources.cdr] path, a [[sources.ami]] PBX or [twilio_source] enabled")
             self._heartbeat()
             self.notifier.ready(self.status_line)
             while not self.stop_event.wait(0.5):

@@ -67,13 +67,14 @@ def _seconds(seconds: float, given: Any) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """The inverse of parse_duration: 90 minutes -> '1h30m'."""
+    """The inverse of parse_duration: 90 minutes -> '1h30m'; a day is '24h' (as the docs write a lookback),
+    days are used from two on ('2d', '7d1h')."""
     total = value.total_seconds()
     if total != int(total):
         return f"{total:g}s"
     secs, out = int(total), ""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if secs >= size:
+        if secs >= size and (unit != "d" or secs >= 2 * size):
             out += f"{secs // size}{unit}"
             secs %= size
     return out or "0s"
