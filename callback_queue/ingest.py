@@ -24,6 +24,7 @@ from .attempts import Attempt, DeadLetter, Origin, Outcome
 from .callbacks import OPEN_STATES, State
 from .clock import Clock, utc_from_ts
 from .detection import AttemptView, Cancel, DetectRules, Grow, Open, OpenEpisode, detect
+from .numbers import mask
 from .store import Store
 
 _OPEN = tuple(s.value for s in OPEN_STATES)
@@ -175,6 +176,8 @@ class IngestResult:
     opened: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     grown: int = 0
+    #: (event, fields) lines to log once the transaction is committed (`Ingestor.ingest_rows`)
+    lines: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 class Ingestor:
@@ -188,6 +191,8 @@ class Ingestor:
         #: called after a commit that opened callbacks (the daemon plans them right away)
         self.on_opened = on_opened
         self._since_analyze = 0
+        #: where callbacks opened and cancelled are logged (a structlog logger); silent unless the daemon sets one
+        self.log: Any = _SILENT
 
     def ingest(
         self,
@@ -217,6 +222,8 @@ class Ingestor:
                 save_cursor(conn, cursor, now)
             touched, recent = _numbers(batch, now_ts=int(now.timestamp()), lookback=self.rules.lookback_seconds)
             self._detect(conn, touched, recent, now, result)
+        for event, fields in result.lines:  # committed: each callback can be followed through the log
+            self.log.info(event, **fields)
         if result.opened and self.on_opened is not None:
             self.on_opened(result.opened)
         self._analyze_after(len(batch))
@@ -349,14 +356,23 @@ class Ingestor:
                     cid = self._open(conn, number, action, now)
                     if cid is not None:
                         result.opened.append(cid)
+                        result.lines.append(("callback.opened", {
+                            "callback_id": cid, "number": mask(number), "failures": action.failures,
+                            "trigger_call_id": action.trigger_call_id}))
                         if action.cancelled_by is not None:
                             result.cancelled.append(cid)
+                            result.lines.append(("callback.cancelled", {
+                                "callback_id": cid, "actor": "detector", "reason": "self-resolved",
+                                "call_id": action.cancelled_by.call_id}))
                 elif isinstance(action, Grow):
                     if self._grow(conn, action, now):
                         result.grown += 1
                 elif isinstance(action, Cancel):
                     if self._cancel(conn, action, now):
                         result.cancelled.append(action.callback_id)
+                        result.lines.append(("callback.cancelled", {
+                            "callback_id": action.callback_id, "actor": "detector", "reason": "self-resolved",
+                            "call_id": action.by.call_id, "number": mask(number)}))
 
     def _start_call(self, conn: Connection, callback_id: int) -> str:
         """The call id of an open episode's first failure (orders ties within one second)."""
@@ -592,6 +608,14 @@ class BulkLoad:
 
 #: SQLite page cache (KiB, negative) of a backfill's transaction
 BULK_CACHE_KIB = -65536
+
+
+class _NoLog:
+    def info(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+_SILENT = _NoLog()
 
 
 def drop_attempt_indexes(conn: Connection, keep: str = "") -> list[str]:

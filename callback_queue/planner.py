@@ -3,11 +3,16 @@
 Only changed rows are written. Windows are recomputed from the rules on every
 run, so a reload with new windows re-plans open work without losing any of it;
 a callback being dialed keeps its place.
+
+`sla_breached_at` says a callback is *currently* planned past its SLA: set (with an
+"sla-at-risk" event) when a plan first puts it past its SLA due time, cleared (with
+an "sla-ok" event) when a later plan brings it back within it (new windows, more
+capacity, other work closed), set again if it slips once more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,8 +30,13 @@ class PlanReport:
     planned: int
     moved: int
     unplaced: int
+    #: callbacks this plan put past their SLA that were within it before ("sla-at-risk" events)
     new_breaches: list[int]
     plan: Plan
+    #: callbacks this plan brought back within their SLA ("sla-ok" events)
+    cleared: list[int] = field(default_factory=list)
+    #: callbacks planned past their SLA now, new ones included
+    breaches_now: int = 0
 
 
 class Planner:
@@ -57,6 +67,7 @@ class Planner:
             far = now + self.horizon
             pending, scheduled = State.PENDING.value, State.SCHEDULED.value
             breach_detail, plan_detail = _BreachDetail(), _PlanDetail()
+            breaches_now = 0
             for p in result.placements:
                 state, w_start, due, sla_due, breached_at = current[p.id]
                 w = p.window
@@ -66,10 +77,14 @@ class Planner:
                 else:
                     new_state = scheduled if state == pending else state
                     ws, we, new_due = w.start, w.end, p.due_at
-                detail = None
+                detail = ok_detail = None
+                breaches_now += p.breach
                 if p.breach and breached_at is None:
                     breached_at = now
                     detail = breach_detail(sla_due, p.due_at)
+                elif not p.breach and breached_at is not None:
+                    breached_at = None          # back within its SLA: the flag says what the plan is now
+                    ok_detail = breach_detail(sla_due, p.due_at)
                 elif new_state == state and ws == w_start and new_due == due:
                     continue            # unchanged: not written (a replan of the same plan writes nothing)
                 if w_start is not None and w_start != ws:
@@ -77,9 +92,9 @@ class Planner:
                 # a state change (pending -> scheduled) is an event of its own, with the window it was given
                 scheduled_detail = plan_detail(ws, we, new_due) if new_state != state else None
                 updates.append((p.id, state, new_state, ws, we, new_due, sla_due, breached_at, detail,
-                                scheduled_detail))
-            breaches = _write_plan(conn, updates, now) if updates else []
-        return PlanReport(len(result.placements) - unplaced, moved, unplaced, breaches, result)
+                                scheduled_detail, ok_detail))
+            breaches, cleared = _write_plan(conn, updates, now) if updates else ([], [])
+        return PlanReport(len(result.placements) - unplaced, moved, unplaced, breaches, result, cleared, breaches_now)
 
     def _items(self, conn: Any, now: datetime) -> tuple[list[PlanItem], dict[int, tuple[Any, ...]]]:
         items: list[PlanItem] = []
@@ -172,14 +187,16 @@ def _iso_utc(v: datetime) -> str:
 
 
 # rows of `updates`: (id, state read, new state, window_start, window_end, due_at, sla_due_at, sla_breached_at,
-# the detail of a new sla-at-risk event or None, the detail of a "scheduled" event (the state changes) or None)
-_PLAN_TYPES = ["int8", "text", "text", *["timestamptz"] * 5, "text", "text"]
+# the detail of a new sla-at-risk event or None, the detail of a "scheduled" event (the state changes) or None,
+# the detail of an sla-ok event (the flag cleared) or None)
+_PLAN_TYPES = ["int8", "text", "text", *["timestamptz"] * 5, "text", "text", "text"]
 
 
-def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> list[int]:
+def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> tuple[list[int], list[int]]:
     """Write the changed rows and their events: "scheduled" for a row whose state changes (pending ->
-    scheduled, from and to states and the window), "sla-at-risk" for a row newly flagged (a row may get
-    both); returns the ids given an sla-at-risk event.
+    scheduled, from and to states and the window), "sla-at-risk" for a row newly flagged, "sla-ok" for a row
+    whose flag is cleared (a row may get a scheduled event and one of the others); returns the ids given an
+    sla-at-risk event and those given an sla-ok event.
 
     A row is written only if its state is still the one read: a cancel, a close or a claim committed
     meanwhile wins (PostgreSQL's read took no row locks; SQLite's write transaction held the lock
@@ -191,10 +208,10 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> lis
         # one statement: the UPDATE joined to it, and the events of the rows it actually updated
         conn.exec_driver_sql(
             "CREATE TEMPORARY TABLE IF NOT EXISTS plan_rows (id bigint, old text, state text, ws timestamptz, "
-            "we timestamptz, due timestamptz, sla timestamptz, breach timestamptz, detail text, sched text) "
-            "ON COMMIT DELETE ROWS")
+            "we timestamptz, due timestamptz, sla timestamptz, breach timestamptz, detail text, sched text, "
+            "ok text) ON COMMIT DELETE ROWS")
         with conn.connection.driver_connection.cursor() as cur:
-            with cur.copy("COPY plan_rows (id, old, state, ws, we, due, sla, breach, detail, sched) FROM STDIN "
+            with cur.copy("COPY plan_rows (id, old, state, ws, we, due, sla, breach, detail, sched, ok) FROM STDIN "
                           "(FORMAT BINARY)") as copy:
                 copy.set_types(_PLAN_TYPES)
                 for u in updates:
@@ -204,14 +221,17 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> lis
                 "WITH done AS (UPDATE callbacks AS c SET state = u.state, window_start = u.ws, window_end = u.we, "
                 "due_at = u.due, sla_due_at = u.sla, sla_breached_at = u.breach, updated_at = %(now)s "
                 "FROM plan_rows AS u WHERE c.id = u.id AND c.state = u.old "
-                "RETURNING c.id, u.old, u.state, u.detail, u.sched), "
+                "RETURNING c.id, u.old, u.state, u.detail, u.sched, u.ok), "
                 "events AS (INSERT INTO callback_events (callback_id, at, actor, event, from_state, to_state, detail) "
                 "SELECT id, %(now)s, 'planner', 'scheduled', old, state, sched FROM done WHERE sched IS NOT NULL "
                 "UNION ALL "
-                "SELECT id, %(now)s, 'planner', 'sla-at-risk', NULL, NULL, detail FROM done WHERE detail IS NOT NULL) "
-                "SELECT id FROM done WHERE detail IS NOT NULL",
+                "SELECT id, %(now)s, 'planner', 'sla-at-risk', NULL, NULL, detail FROM done WHERE detail IS NOT NULL "
+                "UNION ALL "
+                "SELECT id, %(now)s, 'planner', 'sla-ok', NULL, NULL, ok FROM done WHERE ok IS NOT NULL) "
+                "SELECT id, detail IS NOT NULL FROM done WHERE detail IS NOT NULL OR ok IS NOT NULL",
                 {"now": now})
-            return sorted(r[0] for r in cur.fetchall())
+            rows = cur.fetchall()
+            return sorted(r[0] for r in rows if r[1]), sorted(r[0] for r in rows if not r[1])
     dt = _datetime_binder(conn)
     at = dt(now)
     conn.exec_driver_sql(
@@ -227,7 +247,11 @@ def _write_plan(conn: Any, updates: list[tuple[Any, ...]], now: datetime) -> lis
     if events:
         conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, detail) "
                              "VALUES (?, ?, 'planner', 'sla-at-risk', ?)", events)
-    return [e[0] for e in events]
+    ok = [(u[0], at, u[10]) for u in updates if u[10] is not None]
+    if ok:
+        conn.exec_driver_sql("INSERT INTO callback_events (callback_id, at, actor, event, detail) "
+                             "VALUES (?, ?, 'planner', 'sla-ok', ?)", ok)
+    return [e[0] for e in events], [e[0] for e in ok]
 
 
 def _datetime_binder(conn: Any) -> Any:

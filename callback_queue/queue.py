@@ -3,6 +3,14 @@
 A claim is one atomic statement (FOR UPDATE SKIP LOCKED on PostgreSQL; on
 SQLite the BEGIN IMMEDIATE transaction serializes writers), and it is a
 lease: a claim whose lease ran out is returned to the queue by `sweep`.
+
+Every change is logged at info once it is committed, with the callback's id and
+who made it (`actor`: the operator, API user or dialer): callback.claimed (one
+line per claim, the ids in a list), callback.closed / callback.retry_scheduled /
+callback.unreachable, callback.released, callback.cancelled, and
+callback.lease_expired for the claims a claim's sweep gave back (the daemon's
+sweep job logs its own). Numbers are masked. The lines go to `log`, which the
+daemon sets (a CLI command, whose stdout is its output, leaves them off).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from .callbacks import CLAIMABLE_STATES, OPEN_STATES, Callback, CloseOutcome, Ev
 from .clock import Clock
 from .errors import InvalidTransition, LeaseLost, NotFound
 from .ingest import _ev
+from .numbers import mask
 from .retry import DialOutcome, Retry, RetryPolicy
 from .store import Store
 
@@ -99,6 +108,8 @@ class CallbackQueue:
         #: open now can be claimed; without, anything due can
         self.planned = planned
         self.lease = lease
+        #: where each change of a callback is logged (a structlog logger); silent unless the daemon sets one
+        self.log: Any = SILENT
         #: list_json and claim_json have PostgreSQL write the JSON (off: the Python path, as on SQLite;
         #: bench/api.py --python-json measures the two against each other)
         self.json_in_sql = not store.is_sqlite
@@ -248,30 +259,34 @@ class CallbackQueue:
         if count < 1:
             raise ValueError("count must be at least 1")
         if not self.store.is_sqlite:
-            return sorted((Callback.from_row(r) for r in self._claim_pg(operator, count, lease, as_json=False)),
-                          key=_order_key)
+            rows, _ = self._claim_pg(operator, count, lease, as_json=False)
+            return sorted((Callback.from_row(r) for r in rows), key=_order_key)
         now = self.clock.now()
         until = now + (lease or self.lease)
         with self.store.write() as conn:
-            self._sweep(conn, now)
+            swept = self._sweep(conn, now)
             pick = sa.select(cb.c.id).where(self.due_clause(now)).order_by(*ORDER).limit(count)
             # the states they are claimed from, read first: BEGIN IMMEDIATE holds the write lock, so the
             # UPDATE below picks the same rows in the same states
             was = {r.id: r.state for r in conn.execute(pick.add_columns(cb.c.state))}
             if not was:
-                return []
-            rows = conn.execute(
-                sa.update(cb)
-                .where(cb.c.id.in_(pick.scalar_subquery()))
-                .values(state=State.DIALING.value, claimed_by=operator, lease_until=until, updated_at=now)
-                .returning(*cb.c)
-            ).all()
-            claimed = sorted((Callback.from_row(r) for r in rows), key=_order_key)
+                claimed = []
+            else:
+                rows = conn.execute(
+                    sa.update(cb)
+                    .where(cb.c.id.in_(pick.scalar_subquery()))
+                    .values(state=State.DIALING.value, claimed_by=operator, lease_until=until, updated_at=now)
+                    .returning(*cb.c)
+                ).all()
+                claimed = sorted((Callback.from_row(r) for r in rows), key=_order_key)
             if claimed:
                 conn.execute(t.callback_events.insert(), [
                     _ev(c.id, now, operator, "claimed", was[c.id], State.DIALING,
                         {"lease_until": until.isoformat()}) for c in claimed
                 ])
+        _log_swept(self.log, swept)
+        _log_claimed(self.log, operator, [c.id for c in claimed], until,
+                     claimed[0].number if len(claimed) == 1 else None)
         return claimed
 
     def claim_json(self, operator: str, count: int = 1, *, lease: timedelta | None = None) -> str:
@@ -281,7 +296,8 @@ class CallbackQueue:
             return items_json(self.claim(operator, count, lease=lease), lambda c: True)
         if count < 1:
             raise ValueError("count must be at least 1")
-        return self._claim_pg(operator, count, lease, as_json=True) or ""
+        text, _ = self._claim_pg(operator, count, lease, as_json=True)
+        return text or ""
 
     def _claim_pg(self, operator: str, count: int, lease: timedelta | None, *, as_json: bool) -> Any:
         # two statements, each atomic on its own: the sweep, then one that picks (FOR UPDATE SKIP
@@ -297,16 +313,24 @@ class CallbackQueue:
             q = self._statements[(name, fixed)] = (self._claim_json_statement if as_json
                                                    else self._claim_statement)(fixed)
         with self.store.autocommit() as conn:
-            self._sweep(conn, now)
+            swept = self._sweep(conn, now)
             result = conn.execute(q, params)
-            return result.scalar_one() if as_json else result.all()
+            if as_json:
+                got, ids = result.one()
+                ids = sorted(ids or [])
+            else:
+                got = result.all()
+                ids = [r.id for r in got]
+        _log_swept(self.log, swept)
+        _log_claimed(self.log, operator, ids, until, got[0].number if not as_json and len(got) == 1 else None)
+        return got, ids
 
     def claim_one(self, callback_id: int, operator: str, *, lease: timedelta | None = None) -> Callback:
         """Claim one chosen callback, if it is due and nobody holds it (the console's "call this one")."""
         now = self.clock.now()
         until = now + (lease or self.lease)
         with self.store.write() as conn:
-            self._sweep(conn, now)
+            swept = self._sweep(conn, now)
             # locked (PostgreSQL; SQLite's write transaction holds the lock already): the state read is the
             # state the UPDATE changes, and the one the "claimed" event records
             cur = self._one(conn, callback_id, lock=True)
@@ -324,7 +348,10 @@ class CallbackQueue:
             conn.execute(t.callback_events.insert(), [
                 _ev(callback_id, now, operator, "claimed", cur.state, State.DIALING, {"lease_until": until.isoformat()})
             ])
-            return self._one(conn, callback_id)
+            after = self._one(conn, callback_id)
+        _log_swept(self.log, swept)
+        _log_claimed(self.log, operator, [callback_id], until, after.number)
+        return after
 
     def close(self, callback_id: int, operator: str, outcome: CloseOutcome | str, note: str | None = None,
               *, force: bool = False) -> Callback:
@@ -332,7 +359,9 @@ class CallbackQueue:
         outcome = CloseOutcome(outcome)
         with self.store.write() as conn:
             cur = self._held(conn, callback_id, operator, force)
-            return self.apply_outcome(conn, cur, operator, DialOutcome(outcome.value), {"note": note} if note else {})
+            after = self.apply_outcome(conn, cur, operator, DialOutcome(outcome.value), {"note": note} if note else {})
+        log_outcome(self.log, after, operator, outcome.value, forced=force and cur.claimed_by != operator)
+        return after
 
     def apply_outcome(self, conn: Connection, cur: Callback, actor: str, outcome: DialOutcome,
                       detail: dict[str, Any]) -> Callback:
@@ -374,7 +403,10 @@ class CallbackQueue:
                 state=back.value, claimed_by=None, lease_until=None, updated_at=now))
             conn.execute(t.callback_events.insert(), [_ev(callback_id, now, operator, "released", cur.state, back,
                                                           {"note": note} if note else {})])
-            return self._one(conn, callback_id)
+            after = self._one(conn, callback_id)
+        self.log.info("callback.released", callback_id=callback_id, actor=operator, held_by=cur.claimed_by,
+                      state=back.value)
+        return after
 
     def cancel(self, callback_id: int, actor: str, reason: str) -> Callback:
         now = self.clock.now()
@@ -388,7 +420,10 @@ class CallbackQueue:
                 claimed_by=None, lease_until=None, updated_at=now))
             conn.execute(t.callback_events.insert(), [_ev(callback_id, now, actor, "cancelled", cur.state,
                                                           State.CANCELLED, {"reason": reason})])
-            return self._one(conn, callback_id)
+            after = self._one(conn, callback_id)
+        self.log.info("callback.cancelled", callback_id=callback_id, actor=actor, reason=reason,
+                      was=cur.state.value, number=mask(cur.number))
+        return after
 
     def sweep(self) -> list[int]:
         """Return callbacks whose claim lease ran out to the queue."""
@@ -414,7 +449,8 @@ class CallbackQueue:
         order = (claimed.c.priority.desc(), claimed.c.failures.desc(), claimed.c.triggered_at.asc(), claimed.c.id.asc())
         items = sa.func.string_agg(callback_json("claimed", sa.true()),
                                    aggregate_order_by(sa.literal_column("','"), *order))
-        return sa.select(items).select_from(claimed).add_cte(events)
+        # the ids beside the JSON: the claim's log line names them without parsing the text
+        return sa.select(items, sa.func.array_agg(claimed.c.id)).select_from(claimed).add_cte(events)
 
     def _claim_ctes(self, count: int | None) -> tuple[Any, Any]:
         """`count` written into the statement (else bound): with a LIMIT it knows, PostgreSQL's plan for the
@@ -494,6 +530,49 @@ class CallbackQueue:
         if cur.claimed_by != operator and not force:
             raise LeaseLost(f"callback {callback_id} is claimed by {cur.claimed_by}, not {operator}")
         return cur
+
+
+class _Silent:
+    """A logger that drops everything: the queue's default (`CallbackQueue.log`)."""
+
+    def _drop(self, *_: Any, **__: Any) -> None:
+        return None
+
+    info = warning = error = _drop
+
+
+SILENT = _Silent()
+
+
+def _log_claimed(log: Any, actor: str, ids: list[int], until: datetime, number: str | None) -> None:
+    """One line per claim, whatever its count (the claim is the hot path)."""
+    if not ids:
+        return
+    if len(ids) == 1:
+        log.info("callback.claimed", callback_id=ids[0], actor=actor, lease_until=until.isoformat(),
+                 **({"number": mask(number)} if number else {}))
+    else:
+        log.info("callback.claimed", callback_ids=ids, count=len(ids), actor=actor, lease_until=until.isoformat())
+
+
+def _log_swept(log: Any, ids: list[int]) -> None:
+    for cid in ids:
+        log.info("callback.lease_expired", callback_id=cid, note="the claim's lease ran out: back in the queue")
+
+
+def log_outcome(log: Any, c: Callback, actor: str, outcome: str, **extra: Any) -> None:
+    """How a call ended, after the commit: a retry (when), or closed (the state and why); unreachable (the retry
+    policy gave up) is a warning."""
+    extra = {k: v for k, v in extra.items() if v}
+    if c.state is State.RETRY_WAIT:
+        log.info("callback.retry_scheduled", callback_id=c.id, actor=actor, outcome=outcome,
+                 dial_attempts=c.dial_attempts, retry_at=c.due_at.isoformat(), **extra)
+    elif c.state is State.UNREACHABLE:
+        log.warning("callback.unreachable", callback_id=c.id, actor=actor, outcome=outcome,
+                    dial_attempts=c.dial_attempts, reason=c.close_reason, number=mask(c.number), **extra)
+    else:
+        log.info("callback.closed", callback_id=c.id, actor=actor, outcome=outcome, state=c.state.value,
+                 dial_attempts=c.dial_attempts, **({"reason": c.close_reason} if c.close_reason else {}), **extra)
 
 
 def _pre_claim_state(c: Callback) -> State:

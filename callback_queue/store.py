@@ -50,6 +50,11 @@ class Store:
         self.statement_timeout, self.link_timeout = statement_timeout or 0.0, link_timeout or 0.0
         #: the first line of the error that made the database unusable; None once a transaction succeeds
         self.outage: str | None = None
+        #: a full disk: the first line of the error the last write transaction ended in, kept until a write
+        #: transaction that changed something commits. SQLite's "database or disk is full" fails the writes that
+        #: need new pages while a write of nothing - the heartbeat's - still commits: that is no recovery, so
+        #: `outage` stays set meanwhile too (the daemon's store.recovered waits for a write that stored data)
+        self.write_outage: str | None = None
         try:
             if self.dialect == "sqlite":
                 self.engine = _sqlite_engine(url, busy_timeout_ms)
@@ -65,11 +70,19 @@ class Store:
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A read-write transaction (BEGIN IMMEDIATE on SQLite)."""
-        with self._translate(), self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn = conn.execution_options(sqlite_immediate=True)
-            with conn.begin():
-                yield conn
+        try:
+            with self._translate(), self.engine.connect() as conn:
+                if self.is_sqlite:
+                    conn = conn.execution_options(sqlite_immediate=True)
+                before = _changes(conn) if self.write_outage is not None else None
+                with conn.begin():
+                    yield conn
+                    wrote = self.write_outage is None or _wrote(conn, before)
+                if wrote:
+                    self.write_outage = None
+        except StoreError as exc:
+            self.write_outage = self.outage if _disk_full(exc.__cause__) else None
+            raise
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -99,7 +112,7 @@ class Store:
             self.outage = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
             raise StoreError(f"database error: {exc.orig}") from exc
         else:
-            self.outage = None
+            self.outage = self.write_outage
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -156,6 +169,25 @@ class Store:
                 f"the database {redact_url(self.url)} is {state}, callbackd needs revision "
                 f"{','.join(sorted(head))}: run `callbackd db upgrade`"
             )
+
+
+def _changes(conn: Connection) -> int | None:
+    """SQLite: the rows this connection has changed so far (None on PostgreSQL)."""
+    return getattr(conn.connection.dbapi_connection, "total_changes", None)
+
+
+def _wrote(conn: Connection, before: int | None) -> bool:
+    """Whether the transaction under way has changed anything (asked only while writes fail for space)."""
+    if conn.dialect.name == "sqlite":
+        return _changes(conn) != before
+    return bool(conn.exec_driver_sql("SELECT pg_current_xact_id_if_assigned() IS NOT NULL").scalar())
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """The database could not store data for want of space (SQLite's SQLITE_FULL, PostgreSQL's 53100)."""
+    orig = getattr(exc, "orig", None)
+    return (getattr(orig, "sqlite_errorcode", None) == 13 or getattr(orig, "sqlstate", None) == "53100"
+            or "disk is full" in str(orig))
 
 
 def declared_heads() -> set[str]:

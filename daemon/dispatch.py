@@ -74,7 +74,9 @@ class Dispatcher:
         if cb is None:
             self.log.info("dial.stale_result", dial_ref=result.dial_ref, outcome=result.outcome.value)
         else:
-            self.log.info("dial.ended", callback_id=cb.id, outcome=result.outcome.value, state=cb.state.value)
+            retry = {"retry_at": cb.due_at.isoformat()} if cb.state.value == "retry_wait" else {}
+            self.log.info("dial.ended", callback_id=cb.id, outcome=result.outcome.value, state=cb.state.value,
+                          dial_attempts=cb.dial_attempts, **retry)
 
     def reconcile(self) -> int:
         """Calls whose lease ran out: ask the dialer how they ended; never dial them again blindly."""
@@ -159,9 +161,14 @@ class Scheduling:
         report = self.planner.replan()
         for cid in report.new_breaches:
             self.log.warning("planner.sla_breach", callback_id=cid)
-        if report.moved or report.new_breaches or report.unplaced:
+        for cid in report.cleared:
+            self.log.info("planner.sla_ok", callback_id=cid)
+        if report.moved or report.new_breaches or report.cleared or report.unplaced:
+            # new_sla_breaches: flagged by this plan; sla_breaches_now: every callback planned past its SLA (the
+            # gauge callbackd_planner_sla_breaches); sla_ok: brought back within it by this plan
             self.log.info("planner.replanned", planned=report.planned, moved=report.moved,
-                          unplaced=report.unplaced, sla_breaches=len(report.new_breaches))
+                          unplaced=report.unplaced, new_sla_breaches=len(report.new_breaches),
+                          sla_breaches_now=report.breaches_now, sla_ok=len(report.cleared))
 
     def start(self) -> None:
         d = self.daemon

@@ -9,7 +9,8 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 
@@ -90,6 +91,38 @@ def time_zone(s: Any) -> Iterator[Result]:
     yield Result("time zone", True, f"{s.daemon.timezone}: local time {now.astimezone(tz):%Y-%m-%d %H:%M %Z}")
 
 
+#: how far ahead `doctor` looks for a year whose official holiday schedule is missing (beyond the horizon:
+#: the State Council publishes the next year's in November or December, time to add its worked weekends)
+CALENDAR_LOOKAHEAD_DAYS = 60
+
+
+@check
+def calendar(s: Any) -> Iterator[Result]:
+    from zoneinfo import ZoneInfo
+
+    yield from calendar_results(s.schedule, datetime.now(UTC).astimezone(ZoneInfo(s.daemon.timezone)).date())
+
+
+def calendar_results(sc: Any, today: date) -> Iterator[Result]:
+    """[schedule]'s holiday calendar: known, and known far enough ahead (the official schedule of each year the
+    horizon, or the next CALENDAR_LOOKAHEAD_DAYS, reaches)."""
+    from callback_queue.holiday_calendar import UnknownCalendar, provisional_warning, provisional_years
+
+    if sc is None or not sc.country:
+        return
+    where = sc.country + (f"-{sc.subdivision}" if sc.subdivision else "")
+    last = today + max(sc.horizon, timedelta(days=CALENDAR_LOOKAHEAD_DAYS))
+    try:
+        years = provisional_years(sc.country, sc.subdivision, today, last)
+    except UnknownCalendar as exc:
+        yield Result("calendar", False, f"{where}: {exc}", "fix [schedule] country / subdivision")
+        return
+    for y in years:
+        yield Result("calendar", True, provisional_warning(y, sc.country), warning=True)
+    if not years:
+        yield Result("calendar", True, f"{where}: holidays and worked weekends known to {last:%Y-%m-%d}")
+
+
 @check
 def state_dir(s: Any) -> Iterator[Result]:
     d = s.daemon.state_dir
@@ -112,6 +145,54 @@ def state_dir(s: Any) -> Iterator[Result]:
     yield Result(
         "state dir", ok, f"{d} {'is' if ok else 'is not'} writable", "" if ok else f"chown the service user {d}"
     )
+
+
+#: free space below either of these on the state dir's or the SQLite file's filesystem is worth a warning;
+#: below DISK_FAIL_BYTES writes are about to fail ("database or disk is full"): a failure
+DISK_WARN_BYTES = 100 * 1024 * 1024
+DISK_WARN_FRACTION = 0.05
+DISK_FAIL_BYTES = 16 * 1024 * 1024
+_statvfs = os.statvfs
+
+
+@check
+def disk_space(s: Any) -> Iterator[Result]:
+    """Free space where the daemon writes: the state dir and, on SQLite, the database file's folder (each
+    filesystem once)."""
+    from sqlalchemy.engine import make_url
+
+    paths = [s.daemon.state_dir]
+    url = make_url(s.store_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        paths.append(Path(url.database).parent)
+    seen: set[int] = set()
+    for path in paths:
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent  # not created yet: the filesystem it will be on
+        try:
+            dev = probe.stat().st_dev
+            if dev in seen:
+                continue
+            seen.add(dev)
+            st = _statvfs(probe)
+        except OSError as exc:
+            yield Result("disk space", False, f"{path}: {exc}", "check the folder and its filesystem")
+            continue
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        detail = f"{path}: {_mib(free)} free of {_mib(total)}"
+        fix = f"free space on {path}'s filesystem (or move it to a bigger one)"
+        if free < DISK_FAIL_BYTES:
+            yield Result("disk space", False, f"{detail}: writes will fail (database or disk is full)", fix)
+        elif free < DISK_WARN_BYTES or (total and free < DISK_WARN_FRACTION * total):
+            yield Result("disk space", True, f"{detail}: below {_mib(DISK_WARN_BYTES)} or "
+                         f"{DISK_WARN_FRACTION:.0%}", fix, warning=True)
+        else:
+            yield Result("disk space", True, detail)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
 
 
 @check

@@ -7,6 +7,8 @@ module of its own under daemon/http/.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import errno
 import logging
 import socket
@@ -26,6 +28,7 @@ from callback_queue.errors import ConfigError
 from callback_queue.queue import CallbackQueue
 from callback_queue.store import Store
 
+from ..app import register_component
 from ..logs import get_logger
 from ..settings import Settings
 
@@ -42,6 +45,19 @@ class Services:
     checks: dict[str, Callable[[], tuple[bool, str]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+
+def _wire_daemon(daemon: Any) -> None:
+    """What the HTTP layer reports about the daemon it runs in: its health verdict (/healthz) and whether
+    it leads (/metrics); and the daemon's queue and ingestor log each callback's changes (a CLI command's
+    do not: its stdout is its output). A component builder that adds no component."""
+    daemon.services.extra["health"] = daemon.healthy
+    daemon.services.extra["leader"] = lambda: daemon.leader.is_leader
+    daemon.services.extra["instance"] = daemon.leader.name
+    daemon.queue.log = get_logger("callbackd.queue")
+    daemon.ingestor.log = get_logger("callbackd.ingest")
+
+
+register_component(_wire_daemon)
 
 RouteProvider = Callable[[Services], list[BaseRoute]]
 #: feature modules append their route providers here at import time
@@ -63,27 +79,72 @@ def create_app(services: Services, providers: list[RouteProvider] | None = None)
 
 
 async def _healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """The daemon's own verdict (the one its heartbeat supervisor logs as daemon.unhealthy and pings the
+    watchdog on): 503 while it is unhealthy. Without a daemon (a test's app) the process is alive: 200."""
+    services: Services = request.app.state.services
+    verdict = services.extra.get("health")
+    if verdict is None:
+        return JSONResponse({"status": "ok"})
+    ok, why = verdict()
+    return JSONResponse({"status": "ok" if ok else "unhealthy", "reason": why}, status_code=200 if ok else 503)
+
+
+#: how long /readyz waits for any one check (the database's included) before it counts it as failing
+READY_DEADLINE = 2.0
+
+
+class _Probes:
+    """Readiness checks run in threads of their own, one at a time per check: a check that does not answer
+    within `READY_DEADLINE` fails this request, and the requests after it wait for the same run instead of
+    starting more (a silent database ties up one thread, which its own bounds end, not one per probe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, concurrent.futures.Future[tuple[bool, str]]] = {}
+
+    def start(self, name: str, check: Callable[[], tuple[bool, str]]) -> concurrent.futures.Future[tuple[bool, str]]:
+        with self._lock:
+            fut = self._running.get(name)
+            if fut is not None and not fut.done():
+                return fut
+            fut = self._running[name] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(check())
+            except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+                fut.set_result((False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+
+        threading.Thread(target=run, name=f"readyz:{name}", daemon=True).start()
+        return fut
+
+
+def _database_check(services: Services) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        with services.store.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        failed = services.store.write_outage
+        if failed is not None:  # reads work, writes do not (a full disk): not ready
+            return False, f"the last write failed: {failed}"
+        return True, "ok"
+
+    return check
 
 
 async def _readyz(request: Request) -> Response:
     services: Services = request.app.state.services
+    probes = services.extra.setdefault("readyz_probes", _Probes())
+    checks = {"database": _database_check(services), **services.checks}
+    futures = {name: probes.start(name, check) for name, check in checks.items()}
+    await asyncio.wait([asyncio.wrap_future(f) for f in futures.values()], timeout=READY_DEADLINE)
     results: dict[str, Any] = {}
-    ok = True
-    try:
-        with services.store.read() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        results["database"] = {"ok": True}
-    except Exception as exc:  # noqa: BLE001 - readiness reports any failure
-        ok = False
-        results["database"] = {"ok": False, "detail": str(exc)}
-    for name, check in services.checks.items():
-        try:
-            good, detail = check()
-        except Exception as exc:  # noqa: BLE001
-            good, detail = False, str(exc)
-        ok = ok and good
-        results[name] = {"ok": good, "detail": detail}
+    for name, fut in futures.items():
+        if fut.done():
+            good, detail = fut.result()
+        else:
+            good, detail = False, f"no answer within {READY_DEADLINE:g} s"
+        results[name] = {"ok": good} if good and name == "database" else {"ok": good, "detail": detail}
+    ok = all(r["ok"] for r in results.values())
     return JSONResponse({"status": "ok" if ok else "not ready", "checks": results}, status_code=200 if ok else 503)
 
 

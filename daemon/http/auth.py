@@ -225,6 +225,15 @@ def handler_limiter(services: Services) -> anyio.CapacityLimiter:
     return limiter
 
 
+def _masked_path(path: str) -> str:
+    """A path with any phone number in it masked (DELETE /api/do-not-contact/{number})."""
+    import re
+
+    from callback_queue.numbers import mask
+
+    return re.sub(r"\+?\d{7,}", lambda m: mask(m.group(0)), path)
+
+
 def api_endpoint(handler: Callable[[Call], Any], *, role: Role, query: type[BaseModel] | None = None,
                  body: type[BaseModel] | None = None, status: int = 200) -> Callable[[Request], Any]:
     """Wrap a synchronous handler: authenticate, authorize, parse, run in a thread, answer JSON."""
@@ -242,7 +251,11 @@ def api_endpoint(handler: Callable[[Call], Any], *, role: Role, query: type[Base
                     call.query = parse_query(query, request)
                 if body is not None:
                     call.body = parse_body(body, raw)
-                return handler(call)
+                out = handler(call)
+                if request.method != "GET":  # who changed what (the queue logs each callback's change itself)
+                    log.info("api.action", user=user.name, role=user.role.value, method=request.method,
+                             action=handler.__name__, path=_masked_path(request.url.path))
+                return out
 
             result = await anyio.to_thread.run_sync(run, limiter=handler_limiter(services))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error

@@ -4,8 +4,15 @@ A custom collector runs a handful of indexed queries per scrape (time-bounded
 ranges on attempts.started_ts and callback_events.at, the small open part of
 callbacks through its (state, due_at) index) and keeps the result for
 `[console] metrics_cache` so several scrapers cannot load the database. Several
-daemons on one PostgreSQL report the same figures: they are the database's.
+daemons on one PostgreSQL report the same figures: they are the database's;
+`callbackd_leader` and `callbackd_check_up` are this instance's.
 /metrics takes a bearer token (any role) unless `[console] metrics_public = true`.
+
+/metrics answers while the database is down: the figures of the last good scrape are
+served again with `callbackd_check_up{check="database"} 0`, and a token that was
+accepted for /metrics before is accepted again when it cannot be looked up (a
+token revoked or a user disabled in this process is not; an outage is no time to
+lock the monitoring out).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from callback_queue import schema as t
 from callback_queue.callbacks import CLAIMABLE_STATES, OPEN_STATES
+from callback_queue.errors import StoreError
 
 from .app import ROUTE_PROVIDERS, Services
 from .auth import bearer_user, translate
@@ -47,13 +55,21 @@ class DatabaseCollector:
         self.ttl = services.settings.console.metrics_cache.total_seconds()
         self._lock = threading.Lock()
         self._cached: tuple[float, list[Metric]] | None = None
+        self._failed: float | None = None  # when the last scrape's queries failed (monotonic)
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            if self._cached is None or time.monotonic() - self._cached[0] >= self.ttl:
-                self._cached = (time.monotonic(), list(self._compute()))
-            families = self._cached[1]
+            now = time.monotonic()
+            due = self._cached is None or now - self._cached[0] >= self.ttl
+            if due and (self._failed is None or now - self._failed >= self.ttl):
+                try:
+                    self._cached, self._failed = (time.monotonic(), list(self._compute())), None
+                except StoreError:  # the last good figures again (if any), the database's check down, and
+                    self._failed = time.monotonic()  # no new try before the cache period is over
+            database = (self._failed is None, "ok" if self._failed is None else "failing")
+            families = self._cached[1] if self._cached is not None else []
         yield from families
+        yield from self._instance(database)
 
     def _compute(self) -> Iterator[Metric]:
         s = self.services
@@ -104,18 +120,27 @@ class DatabaseCollector:
         for st, n in sms:
             g.add_metric([st], n)
         yield g
-        yield GaugeMetricFamily("callbackd_planner_sla_breaches", "Open callbacks the planner found cannot "
-                                "meet their SLA", value=breaches)
+        yield GaugeMetricFamily("callbackd_planner_sla_breaches", "Open callbacks the current plan puts past "
+                                "their SLA (cleared when a re-plan brings one back within it)", value=breaches)
         yield GaugeMetricFamily("callbackd_sla_overdue", "Open callbacks past their SLA due time", value=overdue)
-        g = GaugeMetricFamily("callbackd_source_lag_seconds", "Seconds since a call-log source's cursor last "
-                              "advanced", labels=["source"])
+        g = GaugeMetricFamily("callbackd_source_idle_seconds", "Seconds since a call-log source last stored "
+                              "anything (its cursor moved): it climbs through every quiet night; alert on it only "
+                              "for hours that always have calls", labels=["source"])
         for name, updated in cursors:
             g.add_metric([name], max(0.0, (now - updated).total_seconds()))
         yield g
-        yield from self._checks()
 
-    def _checks(self) -> Iterator[Metric]:
-        checks = GaugeMetricFamily("callbackd_check_up", "Readiness checks (1 = passing)", labels=["check"])
+    def _instance(self, database: tuple[bool, str]) -> Iterator[Metric]:
+        """This instance's series, computed at every scrape (never cached): leadership and readiness checks."""
+        leader = self.services.extra.get("leader")
+        if leader is not None:
+            g = GaugeMetricFamily("callbackd_leader", "This instance leads (1: it runs the singleton duties - "
+                                  "file tails, planning) or stands by (0)", labels=["instance"])
+            g.add_metric([str(self.services.extra.get("instance", ""))], float(bool(leader())))
+            yield g
+        checks = GaugeMetricFamily("callbackd_check_up", "Readiness checks (1 = passing): the database (this "
+                                   "scrape's queries) and each link's", labels=["check"])
+        checks.add_metric(["database"], float(database[0]))
         ami: list[float] = []
         for name, check in self.services.checks.items():
             try:
@@ -130,6 +155,25 @@ class DatabaseCollector:
             yield GaugeMetricFamily("callbackd_ami_link_up", "AMI connection up (1) or down (0)", value=min(ami))
 
 
+def _metrics_user(services: Services, request: Request) -> Any:
+    """bearer_user; while the database cannot be asked, a token this process accepted for /metrics before."""
+    from callback_queue import users as _users
+    from callback_queue.users import digest
+
+    key = digest(request.headers.get("authorization", "").partition(" ")[2].strip())
+    known: dict[str, tuple[int, Any]] = services.extra.setdefault("metrics_tokens", {})
+    try:
+        user = bearer_user(services, request)
+    except StoreError:
+        hit = known.get(key)
+        if hit is None or hit[0] != _users.revocations:
+            raise
+        return hit[1]
+    if len(known) < 1000:
+        known[key] = (_users.revocations, user)
+    return user
+
+
 def metrics_routes(services: Services) -> list[BaseRoute]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(services))  # type: ignore[arg-type]
@@ -137,7 +181,7 @@ def metrics_routes(services: Services) -> list[BaseRoute]:
     async def metrics(request: Request) -> Response:
         if not services.settings.console.metrics_public:
             try:
-                await run_in_threadpool(bearer_user, services, request)
+                await run_in_threadpool(_metrics_user, services, request)
             except Exception as exc:  # noqa: BLE001
                 resp = translate(exc)
                 if resp is None:
