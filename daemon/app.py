@@ -179,6 +179,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.store = store or open_store(settings)
         self.log = get_logger("callbackd")
+        self.leading = False    # leader duties run (`_lead`); set in run()
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
         from .systemd import Notifier
@@ -255,23 +256,28 @@ class Daemon:
             inner = fn
 
             def fn() -> Any:
-                return inner() if self.leader.is_leader else None
+                return inner() if self.is_leader else None
 
         self.scheduler.add_job(self._guard(_Job(name, fn)), "interval", seconds=seconds, id=name,
                                next_run_time=_now(), **trigger)
 
     @property
     def is_leader(self) -> bool:
-        return self.leader.is_leader
+        """Leader duties run: the lease is held and the daemon has taken over (`_lead`)."""
+        return self.leading and self.leader.is_leader
 
     def _lead(self) -> None:
-        was = self.leader.is_leader
+        was = self.leading
         now = self.leader.check()
-        if now and not was:
-            # another instance may have moved the files on: resume from the committed cursors
+        if not now:
+            self.leading = False
+        elif not was:
+            # another instance may have moved the files on: resume from the committed cursors. The duties
+            # start only after that (`leading`): a poll tick between the lease and the reopening would read
+            # with the old runner while it is closed under it
             self._reopen_tails()
+            self.leading = True
             self.run_job_now("plan")
-        self.leading = now
 
     def _reopen_tails(self) -> None:
         from .sources.pipeline import TailRunner
@@ -287,7 +293,7 @@ class Daemon:
 
     def _leader_only(self, fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
-            return fn() if self.leader.is_leader else None
+            return fn() if self.is_leader else None
 
         return run
 
@@ -546,7 +552,8 @@ class Daemon:
     def _sweep(self) -> None:
         released = self.queue.sweep()
         for cid in released:
-            self.log.warning("callback.lease_expired", callback_id=cid)
+            self.log.info("callback.lease_expired", callback_id=cid,
+                          note="the claim's lease ran out: back in the queue")
 
     def _signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

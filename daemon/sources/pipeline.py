@@ -253,6 +253,7 @@ class TailRunner:
         self.tail = FileTail(path, self._committed, start_at_end=start_at_end and saved is None)
         self.lag_bytes = 0
         self.last_notes: list[str] = []
+        self._lock = threading.Lock()
 
     def _restore_state(self) -> None:
         if hasattr(self.parser, "pending"):
@@ -262,6 +263,10 @@ class TailRunner:
         return {"pending": self.parser.pending} if hasattr(self.parser, "pending") else {}
 
     def poll(self) -> Stats:
+        with self._lock:    # close() waits for a poll under way (a leader change reopens the tails)
+            return self._poll()
+
+    def _poll(self) -> Stats:
         stats = Stats()
         for _ in range(64):  # bounded, so one busy file cannot starve the other jobs
             lines, pos, notes = self.tail.poll(self.max_bytes)
@@ -308,4 +313,5 @@ class TailRunner:
         return stats
 
     def close(self) -> None:
-        self.tail.close()
+        with self._lock:
+            self.tail.close()

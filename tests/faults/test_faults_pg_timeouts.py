@@ -12,8 +12,9 @@ by themselves after it: one `store.unavailable`, one `store.recovered`, no trace
 attempt stored once and the callbacks equal the reference model's. test_faults_pg.py runs the same
 faults with the default bounds (longer than its stall): the jobs hang there, and say `jobs.overrun`.
 
-The leader's lock lives on a connection of its own (daemon/leader.py), which these settings do not
-bound: through the stall its job may hang (`jobs.overrun`) and lose the lease (`leader.lost`).
+The leader's lock lives on a connection of its own (daemon/leader.py), bounded by the lease instead: through
+the stall it may step down (`leader.lost`) and take the lease again after it (`leader.acquired`), resuming the
+files from the committed cursors before any leader duty runs.
 """
 
 from __future__ import annotations
