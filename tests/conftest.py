@@ -158,3 +158,26 @@ def store(store_url: str) -> Iterator[Store]:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def clean_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CALLBACKD_* variable of the caller's environment (but the test database's and the shared folder's)
+    reaches the CLI, and no ./config/callbackd.toml of the working tree is picked up: the test's folder is
+    the working directory. Used through `pytestmark = pytest.mark.usefixtures("clean_cli_env")`."""
+    for key in list(os.environ):
+        if key.startswith("CALLBACKD_") and key not in ("CALLBACKD_TEST_PG", "CALLBACKD_SHARED"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def structlog_defaults() -> Iterator[None]:
+    """structlog's defaults for the test, so info lines reach capture_logs whatever an earlier test configured
+    (a CLI command sets warning level); the configuration is put back after."""
+    import structlog
+
+    old = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**old)

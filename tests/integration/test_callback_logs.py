@@ -6,7 +6,6 @@ its output)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -22,16 +21,7 @@ from callback_queue.retry import RetryPolicy
 from callback_queue.store import Store
 from daemon.logs import get_logger
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Info lines reach capture_logs whatever an earlier test configured (a CLI command's warning level)."""
-    import structlog
-
-    old = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**old)
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 NUMBER = "+8613812345678"
 

@@ -79,13 +79,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoker]:
         s.dispose()
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("CALLBACKD_") and key not in ("CALLBACKD_TEST_PG", "CALLBACKD_SHARED"):
-            monkeypatch.delenv(key)
-    # no ./config/callbackd.toml of the working tree is picked up by accident
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
 def _write_config(path: Path, url: str, extra: str = "") -> Path:

@@ -4,7 +4,6 @@ users enabled again, local times in every table, `claim` with nothing due, docto
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
+from support.cli_runner import in_process_cli, ok
 
 from callback_queue import schema as t
 from callback_queue.attempts import Attempt, Origin, Outcome
@@ -29,45 +29,19 @@ SH = ZoneInfo("Asia/Shanghai")
 LOCAL = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b")
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("CALLBACKD_") and key not in ("CALLBACKD_TEST_PG", "CALLBACKD_SHARED"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
 @pytest.fixture
 def run(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """The CLI in-process on the test's store, in Shanghai time; the stores it opens are disposed after each run."""
-    import daemon.app
-
+    """The CLI in-process on the test's store, in Shanghai time."""
     cfg = tmp_path / "callbackd.toml"
     cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\ntimezone = "Asia/Shanghai"\n'
                    f'[store]\nurl = "{store_url}"\n', encoding="utf-8")
-    opened: list[Store] = []
-    real = daemon.app.open_store
-
-    def recording(settings):  # type: ignore[no-untyped-def]
-        s = real(settings)
-        opened.append(s)
-        return s
-
-    monkeypatch.setattr(daemon.app, "open_store", recording)
-
-    def run_(*args: str) -> Result:
-        try:
-            return CliRunner().invoke(cli, [*args, "--config", str(cfg)], catch_exceptions=False)
-        finally:
-            while opened:
-                opened.pop().dispose()
-
-    yield run_
+    yield in_process_cli(cfg, monkeypatch)
 
 
-def _ok(r: Result) -> Result:
-    assert r.exit_code == 0, (r.exit_code, r.stdout, r.stderr)
-    return r
+_ok = ok
 
 
 def _due(store: Store, number: str = "+8613900000001") -> int:

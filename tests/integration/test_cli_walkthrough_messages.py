@@ -8,7 +8,6 @@ import base64
 import csv
 import io
 import json
-import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
 from rich.cells import cell_len
 from sms_support import add_callback, events
+from support.cli_runner import in_process_cli, ok
 
 from callback_queue import schema as t
 from callback_queue.attempts import Attempt, Origin, Outcome
@@ -28,53 +27,26 @@ from callback_queue.detection import DetectRules
 from callback_queue.ingest import Ingestor
 from callback_queue.queue import CallbackQueue
 from callback_queue.store import Store
-from daemon.cli import cli
 
 LISTED = "+8613800138001"          # `dnc add 13800138001`
 SHOWN = "+86138****8001"
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("CALLBACKD_") and key not in ("CALLBACKD_TEST_PG", "CALLBACKD_SHARED"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
 @pytest.fixture
 def run(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator:
-    """The CLI in-process on the test's store, in Shanghai time; the stores it opens are disposed after each run."""
-    import daemon.app
-
+    """The CLI in-process on the test's store, in Shanghai time."""
     cfg = tmp_path / "callbackd.toml"
     cfg.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\ntimezone = "Asia/Shanghai"\n'
                    f'[store]\nurl = "{store_url}"\n[http]\npublic_url = "https://cb.example.gov.cn"\n'
                    '[sms]\nquiet_hours = []\n',   # runs at any hour
                    encoding="utf-8")
-    opened: list[Store] = []
-    real = daemon.app.open_store
-
-    def recording(settings):  # type: ignore[no-untyped-def]
-        s = real(settings)
-        opened.append(s)
-        return s
-
-    monkeypatch.setattr(daemon.app, "open_store", recording)
-
-    def run_(*args: str) -> Result:
-        try:
-            return CliRunner().invoke(cli, [*args, "--config", str(cfg)], catch_exceptions=False)
-        finally:
-            while opened:
-                opened.pop().dispose()
-
-    yield run_
+    yield in_process_cli(cfg, monkeypatch)
 
 
-def _ok(r: Result) -> Result:
-    assert r.exit_code == 0, (r.exit_code, r.stdout, r.stderr)
-    return r
+_ok = ok
 
 
 # -- H1: dnc ---------------------------------------------------------------------------------------------------

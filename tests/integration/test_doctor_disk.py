@@ -3,7 +3,6 @@ made every ingest fail with "database or disk is full" while doctor said all goo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,12 +15,7 @@ from daemon.cli import cli
 MIB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in list(os.environ):
-        if key.startswith("CALLBACKD_") and key not in ("CALLBACKD_TEST_PG", "CALLBACKD_SHARED"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_cli_env")
 
 
 def _disk(monkeypatch: pytest.MonkeyPatch, free: int, total: int) -> list[Path]:

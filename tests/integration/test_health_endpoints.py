@@ -24,16 +24,7 @@ from callback_queue.store import Store
 from daemon.app import Daemon
 from daemon.http import app as http_app
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Info lines reach capture_logs whatever an earlier test configured (a CLI command's warning level)."""
-    import structlog
-
-    old = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**old)
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 GENEROUS = 30.0
 

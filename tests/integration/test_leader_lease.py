@@ -24,16 +24,7 @@ from support.faultproxy import FaultProxy
 from callback_queue.store import Store
 from daemon.leader import Leadership
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Info lines reach capture_logs whatever an earlier test configured (a CLI command's warning level)."""
-    import structlog
-
-    old = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**old)
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 LEASE = timedelta(seconds=3)
 #: how long the test waits for something it expects (a loaded machine); far above the lease

@@ -5,7 +5,6 @@ slip flags it again."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,16 +18,7 @@ from callback_queue.planner import Planner
 from callback_queue.store import Store
 from callback_queue.windows import Capacity
 
-
-@pytest.fixture(autouse=True)
-def _structlog_defaults() -> Iterator[None]:
-    """Info lines reach capture_logs whatever an earlier test configured (a CLI command's warning level)."""
-    import structlog
-
-    old = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**old)
+pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 
 def _flagged(store: Store) -> int:
