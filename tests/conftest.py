@@ -171,10 +171,10 @@ def clean_cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def structlog_defaults() -> Iterator[None]:
-    """structlog's defaults for the test, so info lines reach capture_logs whatever an earlier test configured
-    (a CLI command sets warning level); the configuration is put back after."""
+    """Every test starts from structlog's defaults, so info lines reach capture_logs whatever an earlier test
+    configured (a CLI command run in-process sets warning level); the configuration is put back after."""
     import structlog
 
     old = structlog.get_config()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from console_support import RULES
 from console_support import failures as _failures
 from structlog.testing import capture_logs
@@ -20,8 +19,6 @@ from callback_queue.queue import CallbackQueue
 from callback_queue.retry import RetryPolicy
 from callback_queue.store import Store
 from daemon.logs import get_logger
-
-pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 NUMBER = "+8613812345678"
 

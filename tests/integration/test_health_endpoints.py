@@ -24,8 +24,6 @@ from callback_queue.store import Store
 from daemon.app import Daemon
 from daemon.http import app as http_app
 
-pytestmark = pytest.mark.usefixtures("structlog_defaults")
-
 GENEROUS = 30.0
 
 

@@ -24,8 +24,6 @@ from support.faultproxy import FaultProxy
 from callback_queue.store import Store
 from daemon.leader import Leadership
 
-pytestmark = pytest.mark.usefixtures("structlog_defaults")
-
 LEASE = timedelta(seconds=3)
 #: how long the test waits for something it expects (a loaded machine); far above the lease
 GENEROUS = 60.0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 from test_planner import SH, open_callbacks, rules
@@ -17,8 +16,6 @@ from callback_queue.clock import FakeClock
 from callback_queue.planner import Planner
 from callback_queue.store import Store
 from callback_queue.windows import Capacity
-
-pytestmark = pytest.mark.usefixtures("structlog_defaults")
 
 
 def _flagged(store: Store) -> int:
