@@ -265,7 +265,8 @@ OPS: list[Op] = [
     Op("GET", "/api/config", get_config, "the effective configuration, secrets redacted", role=Role.ADMIN),
 ]
 class PreviewQuery(HeatmapQuery):
-    days: int = Field(default=7, ge=1, le=31, description="how many days ahead")
+    days: int = Field(default=7, ge=1, le=400, description="how many days, from `start`")
+    start: date | None = Field(default=None, description="the first day (YYYY-MM-DD, local time); default today")
 
 
 def get_preview(call: Call) -> Any:
@@ -274,7 +275,7 @@ def get_preview(call: Call) -> Any:
     q: PreviewQuery = call.query
     try:
         return build(call.services.settings, call.services.store, call.services.clock.now(), days=q.days,
-                     weeks=q.weeks)
+                     weeks=q.weeks, start=q.start)
     except LookupError as exc:
         raise HttpError(409, "conflict", str(exc)) from None
 

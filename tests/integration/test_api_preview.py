@@ -42,3 +42,22 @@ def test_a_window_to_midnight_reads_24_00(store: Store, clock: FakeClock) -> Non
                                               "quiet_hours": []}})
     labels = {w["window"] for d in build(s, store, clock.now(), days=7)["days"] for w in d["windows"]}
     assert labels == {"18:00-24:00", "00:00-24:00"}
+
+
+def test_preview_from_a_start_day_far_ahead(store: Store, clock: FakeClock) -> None:
+    """An admin checks the Spring Festival ahead of time, as `schedule preview --from` does."""
+    toks = tokens(store, clock)
+    s = Settings.model_validate({"daemon": {"timezone": "Asia/Shanghai"},
+                                 "schedule": {"workday": ["12:00-13:00"], "restday": ["12:00-13:00"],
+                                              "holiday": [], "capacity": {"fixed": 3}, "quiet_hours": []}})
+    with TestClient(app(services(store, clock, s))) as client:
+        r = client.get("/api/schedule/preview?start=2026-02-14&days=10", headers=bearer(toks["admin"]))
+        assert r.status_code == 200, r.text
+        days = {d["date"]: d for d in r.json()["days"]}
+        assert len(days) == 10 and min(days) == "2026-02-14"
+        assert days["2026-02-14"]["type"] == "workday"                       # a worked Saturday (调休)
+        assert all(days[f"2026-02-{n}"]["type"] == "holiday" and days[f"2026-02-{n}"]["windows"] == []
+                   for n in range(15, 24))                                   # the whole break, weekends too
+        assert client.get("/api/schedule/preview?days=400", headers=bearer(toks["admin"])).status_code == 200
+        assert client.get("/api/schedule/preview?days=401", headers=bearer(toks["admin"])).status_code == 400
+        assert client.get("/api/schedule/preview?start=2026-13-01", headers=bearer(toks["admin"])).status_code == 400
