@@ -75,12 +75,6 @@ def _provisional(cal: Any, year: int) -> bool:
     return {last - 2, last - 1} <= years and year > last
 
 
-def _subdivisions(country: str) -> list[str]:
-    import holidays
-
-    return list(holidays.list_supported_countries().get(country.upper(), []))
-
-
 def _compute(country: str, subdiv: str | None, year: int) -> YearData:
     """The letters, names and provisional flag of `year` (in-process: imports `holidays`)."""
     import holidays

@@ -141,8 +141,8 @@ class ScheduleRules:
         kind, ranges = self.ranges_for(d)
         if not ranges:
             return f"no {kind} windows configured"
-        intervals = [_interval(d, r, self.tz) for r in ranges]
-        quiet = [_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
+        intervals = [local_interval(d, r, self.tz) for r in ranges]
+        quiet = [local_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
         if not subtract(intervals, quiet):
             return "quiet hours"
         if not subtract(intervals, list(self.closures)):
@@ -170,7 +170,7 @@ class ScheduleRules:
         while d <= last:
             kind, ranges = self.ranges_for(d)
             for r in ranges:
-                for a, b in self._cut(_interval(d, r, self.tz), d):
+                for a, b in self._cut(local_interval(d, r, self.tz), d):
                     if b <= start or a >= end or b <= a:
                         continue
                     out.append(Window(a, b, self.capacity.of(b - a), d, kind, str(r)))
@@ -179,17 +179,18 @@ class ScheduleRules:
         return out
 
     def _cut(self, interval: tuple[datetime, datetime], d: date) -> list[tuple[datetime, datetime]]:
-        blocks = [_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
+        blocks = [local_interval(d + timedelta(days=k), q, self.tz) for q in self.quiet for k in (-1, 0, 1)]
         blocks += list(self.closures)
         return subtract([interval], blocks)
 
     def is_quiet(self, when: datetime) -> bool:
         d = when.astimezone(self.tz).date()
-        return any(a <= when < b for q in self.quiet for k in (-1, 0) for a, b in [_interval(d + timedelta(days=k),
+        return any(a <= when < b for q in self.quiet for k in (-1, 0) for a, b in [local_interval(d + timedelta(days=k),
                                                                                              q, self.tz)])
 
 
-def _interval(d: date, r: TimeRange, tz: ZoneInfo) -> tuple[datetime, datetime]:
+def local_interval(d: date, r: TimeRange, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The range as it falls on day `d` in `tz` (one running past midnight ends the next day)."""
     a = _local(d, r.start, tz)
     end_day = d if r.end > r.start else d + timedelta(days=1)
     return a, _local(end_day, r.end, tz)

@@ -155,15 +155,8 @@ class ScheduleSettings(_Section):
     def _workdays(cls, v: list[str]) -> list[str]:
         from datetime import date
 
-        bad = []
-        for item in v:
-            try:
-                date.fromisoformat(item)
-            except ValueError:
-                bad.append(item)
-        if bad:
-            raise ValueError(f"{_items(bad)} {'is not a date' if len(bad) == 1 else 'are not dates'} "
-                             "such as '2027-02-20'")
+        _refuse_unparsable(v, date.fromisoformat, "is not a date such as '2027-02-20'",
+                           "are not dates such as '2027-02-20'")
         return v
 
     @model_validator(mode="after")
@@ -185,20 +178,27 @@ class ScheduleSettings(_Section):
     def _closures(cls, v: list[str]) -> list[str]:
         from datetime import date, datetime
 
-        bad = []
-        for item in v:
-            try:
-                if "/" in item:
-                    a, b = item.split("/")
-                    datetime.fromisoformat(a), datetime.fromisoformat(b)
-                else:
-                    date.fromisoformat(item)
-            except ValueError:
-                bad.append(item)
-        if bad:
-            what = "is not a date or a start/end range" if len(bad) == 1 else "are not dates or start/end ranges"
-            raise ValueError(f"{_items(bad)} {what}")
+        def closure(item: str) -> None:
+            if "/" in item:
+                a, b = item.split("/")
+                datetime.fromisoformat(a), datetime.fromisoformat(b)
+            else:
+                date.fromisoformat(item)
+
+        _refuse_unparsable(v, closure, "is not a date or a start/end range", "are not dates or start/end ranges")
         return v
+
+
+def _refuse_unparsable(items: list[str], parse: Any, one: str, many: str) -> None:
+    """ValueError naming every item `parse` refuses (ValueError), worded for one or many."""
+    bad = []
+    for item in items:
+        try:
+            parse(item)
+        except ValueError:
+            bad.append(item)
+    if bad:
+        raise ValueError(f"{_items(bad)} {one if len(bad) == 1 else many}")
 
 
 #: the tables a dialer module reads from under [dialer] (its own settings model validates them)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from callback_queue.windows import TimeRange, _interval
+from callback_queue.windows import TimeRange, local_interval
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,8 @@ class QuietHours:
         at = when
         for _ in range(8):          # ranges chained round the clock cannot hold a message for ever
             day = at.astimezone(self.tz).date()
-            ends = [b for r in self.ranges for k in (-1, 0) for a, b in [_interval(day + timedelta(days=k), r, self.tz)]
-                    if a <= at < b]
+            spans = (local_interval(day + timedelta(days=k), r, self.tz) for r in self.ranges for k in (-1, 0))
+            ends = [b for a, b in spans if a <= at < b]
             if not ends:
                 break
             end = at = max(ends)
