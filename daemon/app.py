@@ -205,6 +205,10 @@ class Daemon:
 
         s = self.settings
         self.ingestor = Ingestor(self.store, self.clock, detect_rules(s), on_opened=self._opened)
+        # the daemon's queue and ingestor log each callback's changes (a CLI command's do not: its stdout is
+        # its output)
+        self.queue.log = get_logger("callbackd.queue")
+        self.ingestor.log = get_logger("callbackd.ingest")
         self.services = Services(settings=s, store=self.store, clock=self.clock, queue=self.queue)
         self.tails = self._tail_runners(s)
 

@@ -48,13 +48,10 @@ class Services:
 
 def _wire_daemon(daemon: Any) -> None:
     """What the HTTP layer reports about the daemon it runs in: its health verdict (/healthz) and whether
-    it leads (/metrics); and the daemon's queue and ingestor log each callback's changes (a CLI command's
-    do not: its stdout is its output). A component builder that adds no component."""
+    it leads (/metrics). A component builder that adds no component."""
     daemon.services.extra["health"] = daemon.healthy
     daemon.services.extra["leader"] = lambda: daemon.leader.is_leader
     daemon.services.extra["instance"] = daemon.leader.name
-    daemon.queue.log = get_logger("callbackd.queue")
-    daemon.ingestor.log = get_logger("callbackd.ingest")
 
 
 register_component(_wire_daemon)
